@@ -1,0 +1,119 @@
+"""All configuration of the pipeline, read from ``PIPELINE_*`` environment variables.
+
+Nothing else in the package reads the environment: a :class:`Settings` object is built
+once at the edge (the CLI, a test fixture) and passed down.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ProcessingGuarantee(StrEnum):
+    """How a stage couples its outputs to its input offsets."""
+
+    AT_LEAST_ONCE = "at_least_once"
+    EXACTLY_ONCE = "exactly_once"
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach the Kafka cluster (``PIPELINE_KAFKA_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    client_id_prefix: str = "order-pipeline"
+    request_timeout_ms: int = 30_000
+
+
+class LocalKafkaSettings(BaseSettings):
+    """The single-node broker that ``pipeline kafka up`` runs (``PIPELINE_LOCAL_KAFKA_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_LOCAL_KAFKA_", extra="ignore")
+
+    version: str = "4.1.1"
+    home: Path = Path(".cache/kafka")
+    port: int = 9092
+    controller_port: int = 9093
+    heap: str = "512m"
+    start_timeout_s: float = 90.0
+
+
+class TopologySettings(BaseSettings):
+    """Shape of the pipeline's topics (``PIPELINE_TOPICS_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_TOPICS_", extra="ignore")
+
+    partitions: int = Field(default=12, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    dlq_retention_ms: int = 30 * 24 * 3600 * 1000
+
+
+class StageSettings(BaseSettings):
+    """Tuning shared by every stage (``PIPELINE_STAGE_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_STAGE_", extra="ignore")
+
+    max_in_flight: int = Field(default=10_000, ge=1)
+    fetch_max_records: int = Field(default=2_000, ge=1)
+    fetch_timeout_ms: int = Field(default=100, ge=1)
+    commit_interval_ms: int = Field(default=500, ge=10)
+    revoke_drain_timeout_s: float = Field(default=10.0, ge=0)
+    shutdown_drain_timeout_s: float = Field(default=20.0, ge=0)
+    max_poll_interval_ms: int = 300_000
+    session_timeout_ms: int = 45_000
+    producer_linger_ms: int = 5
+    producer_max_batch_bytes: int = 512 * 1024
+    dedupe_window: int = Field(default=100_000, ge=0)
+    processing_guarantee: ProcessingGuarantee = ProcessingGuarantee.AT_LEAST_ONCE
+
+
+class ServiceSettings(BaseSettings):
+    """Behaviour of the in-process inventory and payment services (``PIPELINE_SERVICES_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_SERVICES_", extra="ignore")
+
+    latency_ms: float = Field(default=0.0, ge=0)
+    transient_failure_rate: float = Field(default=0.0, ge=0, le=1)
+    decline_rate: float = Field(default=0.02, ge=0, le=1)
+    out_of_stock_rate: float = Field(default=0.02, ge=0, le=1)
+    seed: int | None = None
+
+
+class HttpSettings(BaseSettings):
+    """The per-process HTTP endpoint for /metrics, /health and /ready (``PIPELINE_HTTP_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_HTTP_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    enabled: bool = True
+
+
+class Settings(BaseModel):
+    """The whole configuration tree; each branch reads its own ``PIPELINE_*`` variables."""
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    local_kafka: LocalKafkaSettings = Field(default_factory=LocalKafkaSettings)
+    topics: TopologySettings = Field(default_factory=TopologySettings)
+    stage: StageSettings = Field(default_factory=StageSettings)
+    services: ServiceSettings = Field(default_factory=ServiceSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+
+
+def load_settings() -> Settings:
+    """Read the configuration from the environment."""
+    return Settings()
