@@ -56,6 +56,7 @@ class TopologySettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PIPELINE_TOPICS_", extra="ignore")
 
+    prefix: str = Field(default="", description="Prepended to every topic and group id.")
     partitions: int = Field(default=12, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     retention_ms: int = 7 * 24 * 3600 * 1000

@@ -1,0 +1,106 @@
+"""Builds a runnable pipeline process from settings: broker, stage routers, hooks, HTTP.
+
+No broker exists at import time; every caller (CLI, tests, benchmark) builds its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from faststream import ContextRepo
+from faststream.asgi import AsgiFastStream
+from faststream.kafka import KafkaBroker
+
+from pipeline.errors import ConfigurationError
+from pipeline.kafka.connection import broker_security
+from pipeline.kafka.topology import Naming
+from pipeline.runtime.engine import RecordSink
+from pipeline.runtime.observer import StageObserver
+from pipeline.runtime.wiring import StageRuntime
+from pipeline.services import Services, simulated_services
+from pipeline.settings import Settings
+from pipeline.stages import ALL_STAGES
+
+
+@dataclass(slots=True)
+class PipelineApp:
+    """A process's FastStream app with the stages it runs."""
+
+    app: AsgiFastStream
+    broker: KafkaBroker
+    runtimes: list[StageRuntime]
+
+    async def start(self) -> None:
+        """Start producers, then the broker and its consumers."""
+        await self.app.start()
+
+    async def stop(self) -> None:
+        """Drain and commit every stage, then stop the broker (leaving the groups)."""
+        await self.app.stop()
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The first fatal failure of any stage, if one happened."""
+        return next((r.engine.failure for r in self.runtimes if r.engine.failure), None)
+
+
+def create_app(
+    settings: Settings,
+    stage_names: Sequence[str] | None = None,
+    *,
+    services: Services | None = None,
+    observers: dict[str, StageObserver] | None = None,
+    sink: RecordSink | None = None,
+    asgi_routes_factory: Callable[[KafkaBroker, list[StageRuntime]], list[tuple[str, Any]]]
+    | None = None,
+) -> PipelineApp:
+    """A FastStream app running ``stage_names`` (all stages when ``None``)."""
+    names = list(stage_names or ALL_STAGES)
+    unknown = [name for name in names if name not in ALL_STAGES]
+    if unknown:
+        raise ConfigurationError(f"unknown stage(s) {unknown}; known: {list(ALL_STAGES)}")
+    context = ContextRepo()
+    context.set_global("services", services or simulated_services(settings.services))
+    broker = KafkaBroker(
+        settings.kafka.bootstrap_servers,
+        security=broker_security(settings.kafka),
+        client_id=settings.kafka.client_id_prefix,
+        context=context,
+        request_timeout_ms=settings.kafka.request_timeout_ms,
+        # FastStream logs every batch at INFO; per-batch lines belong at DEBUG.
+        log_level=logging.DEBUG,
+    )
+    runtimes = [
+        StageRuntime(
+            ALL_STAGES[name],
+            settings.kafka,
+            settings.stage,
+            context.get("services"),
+            observer=(observers or {}).get(name),
+            sink=sink,
+            naming=Naming.of(settings.topics),
+        )
+        for name in names
+    ]
+    for runtime in runtimes:
+        broker.include_router(runtime.router)
+
+    async def start_producers() -> None:
+        for runtime in runtimes:
+            await runtime.start()
+
+    async def drain_stages() -> None:
+        for runtime in runtimes:
+            await runtime.stop()
+
+    app = AsgiFastStream(
+        broker,
+        asgi_routes=asgi_routes_factory(broker, runtimes) if asgi_routes_factory else [],
+        on_startup=[start_producers],
+        on_shutdown=[drain_stages],
+        context=context,
+    )
+    return PipelineApp(app=app, broker=broker, runtimes=runtimes)

@@ -1,0 +1,146 @@
+"""``pipeline`` commands: run, produce, verify, demo, topics, kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from pipeline.cli.kafka import kafka_app
+from pipeline.cli.topics import topics_app
+from pipeline.errors import PipelineError
+from pipeline.kafka.produce import produce_records
+from pipeline.kafka.topology import ORDERS_EVENTS, STAGE_NAMES, Naming
+from pipeline.settings import load_settings
+from pipeline.verify import VerifyReport
+from pipeline.verify import verify as verify_topics
+from pipeline.workload import generate
+
+app = typer.Typer(help="A key-ordered Kafka checkout pipeline on FastStream.", no_args_is_help=True)
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(topics_app, name="topics")
+console = Console()
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+@app.command()
+def run(
+    stages: Annotated[list[str] | None, typer.Argument(help="Stages to run.")] = None,
+    all_stages: Annotated[bool, typer.Option("--all", help="Run every stage.")] = False,
+    verbose: bool = False,
+) -> None:
+    """Run stages in this process until SIGTERM (graceful drain) or a failure."""
+    from pipeline.runner import serve
+
+    if not stages and not all_stages:
+        raise typer.BadParameter(f"name stages ({', '.join(STAGE_NAMES)}) or pass --all")
+    _configure_logging(verbose)
+    settings = load_settings()
+    raise typer.Exit(asyncio.run(serve(settings, None if all_stages else stages)))
+
+
+@app.command()
+def produce(
+    orders: Annotated[int, typer.Option(help="How many orders to produce.")] = 1_000,
+    seed: int = 7,
+    invalid_every: Annotated[
+        int, typer.Option(help="A pair of invalid records every N orders (0: none).")
+    ] = 500,
+) -> None:
+    """Produce realistic order lifecycles to orders.events."""
+    settings = load_settings()
+    with Progress(console=console) as progress:
+        task = progress.add_task("producing", total=None)
+        sent = asyncio.run(
+            produce_records(
+                settings.kafka,
+                Naming.of(settings.topics).topic(ORDERS_EVENTS),
+                generate(orders, seed=seed, invalid_every=invalid_every),
+                on_progress=lambda n: progress.advance(task, n),
+            )
+        )
+    console.print(f"produced {sent} events for {orders} orders to {ORDERS_EVENTS}")
+
+
+def print_report(report: VerifyReport) -> None:
+    """The verifier's summary as a table."""
+    table = Table(title="verify")
+    table.add_column("check")
+    table.add_column("value", justify="right")
+    for name in (
+        "events",
+        "fulfilled",
+        "dead_lettered",
+        "lost",
+        "duplicated",
+        "out_of_order",
+        "unknown",
+    ):
+        value = getattr(report, name)
+        bad = name in ("lost", "duplicated", "out_of_order", "unknown") and value
+        table.add_row(name, f"[red]{value}[/red]" if bad else str(value))
+    for status, count in sorted(report.statuses.items()):
+        table.add_row(f"  status {status}", str(count))
+    for reason, count in sorted(report.dead_letter_reasons.items()):
+        table.add_row(f"  dead letter {reason}", str(count))
+    console.print(table)
+    for kind, examples in report.examples.items():
+        console.print(f"[red]{kind}[/red] e.g. {', '.join(examples)}")
+
+
+@app.command()
+def verify(json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Check that every input event is fulfilled or dead-lettered exactly once, in order."""
+    settings = load_settings()
+    report = asyncio.run(verify_topics(settings.kafka, Naming.of(settings.topics)))
+    if json_output:
+        typer.echo(json.dumps(report.as_dict()))
+    else:
+        print_report(report)
+    raise typer.Exit(0 if report.clean else 1)
+
+
+@app.command()
+def demo(
+    orders: Annotated[int, typer.Option(help="How many orders to push through.")] = 10_000,
+) -> None:
+    """Broker, topics, all stages, N orders, drain, verify: exit 0 only when clean."""
+    from pipeline.demo import run_demo
+
+    _configure_logging(False)
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("faststream").setLevel(logging.WARNING)
+    settings = load_settings()
+    try:
+        with Progress(console=console) as progress:
+            task = progress.add_task("producing", total=None)
+            result = asyncio.run(
+                run_demo(
+                    settings,
+                    orders,
+                    on_produced=lambda n: progress.advance(task, n),
+                    on_status=progress.console.print,
+                )
+            )
+    except PipelineError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    console.print(
+        f"{result.produced} events through 4 stages in {result.seconds:.1f}s "
+        f"({result.produced / result.seconds:,.0f} events/s)"
+    )
+    print_report(result.report)
+    raise typer.Exit(0 if result.report.clean else 1)

@@ -1,0 +1,49 @@
+"""The pipeline's one exception tree.
+
+::
+
+    PipelineError
+    ├── RetryableError        try again later: timeouts, a service's "try later"
+    │   └── ServiceUnavailable
+    ├── FatalError            retrying cannot help: the record goes to the dead-letter topic
+    │   ├── UndecodableRecord   bytes that are not JSON or do not fit the schema
+    │   └── BusinessRuleViolation
+    └── ConfigurationError    the pipeline is set up wrong; stop instead of processing
+
+Stages raise meaning; the runtime decides what to do with it (see
+:mod:`pipeline.failures.classify`).
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of every error the pipeline raises on purpose."""
+
+
+class RetryableError(PipelineError):
+    """A failure that may go away if the same record is tried again later."""
+
+
+class ServiceUnavailable(RetryableError):
+    """An external service could not answer now."""
+
+
+class FatalError(PipelineError):
+    """A failure that no retry can fix; the record is dead-lettered at once."""
+
+
+class UndecodableRecord(FatalError):
+    """A record's bytes are not a valid event of the stage's input schema."""
+
+
+class BusinessRuleViolation(FatalError):
+    """An event breaks a rule declared fatal by its stage."""
+
+
+class ConfigurationError(PipelineError):
+    """The pipeline cannot run with the given settings or environment."""
+
+
+class BrokerUnavailable(ConfigurationError):
+    """No Kafka broker answers at the configured address."""

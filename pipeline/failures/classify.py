@@ -1,0 +1,41 @@
+"""What to do with a record whose handler raised: the error policy of a stage."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import StrEnum
+
+from aiokafka.errors import KafkaError
+from pydantic import ValidationError
+
+from pipeline.errors import ConfigurationError, FatalError, RetryableError
+
+
+class Verdict(StrEnum):
+    """The runtime's answer to a failure."""
+
+    RETRY = "retry"
+    """Try the record again later; its key waits behind it."""
+    DEAD_LETTER = "dead_letter"
+    """Send the record to the stage's dead-letter topic now."""
+    FAIL_STAGE = "fail_stage"
+    """Stop the stage without committing: the pipeline itself is broken."""
+
+
+ErrorPolicy = Callable[[BaseException], Verdict]
+"""Maps an exception raised for one record to a :class:`Verdict`."""
+
+
+def default_error_policy(exc: BaseException) -> Verdict:
+    """Fatal and invalid data dead-letter at once; configuration stops the stage; the rest
+    (timeouts, unavailable services, unexpected bugs) retries and ends in the dead-letter
+    topic if it never succeeds."""
+    if isinstance(exc, ConfigurationError):
+        return Verdict.FAIL_STAGE
+    if isinstance(exc, FatalError | ValidationError | ValueError | TypeError | KeyError):
+        return Verdict.DEAD_LETTER
+    if isinstance(exc, KafkaError) and not exc.retriable:
+        return Verdict.DEAD_LETTER
+    if isinstance(exc, RetryableError | TimeoutError | ConnectionError | KafkaError):
+        return Verdict.RETRY
+    return Verdict.RETRY

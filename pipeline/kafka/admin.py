@@ -1,0 +1,153 @@
+"""Creating and checking the pipeline's topics through Kafka's admin API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import TopicPartition
+
+from pipeline.errors import BrokerUnavailable
+from pipeline.kafka.connection import client_options
+from pipeline.kafka.topology import TopicSpec
+from pipeline.settings import KafkaSettings
+
+
+@dataclass(slots=True)
+class TopicsReport:
+    """What ``apply_topics`` did and what differs from the wanted topology."""
+
+    created: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    drift: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def clean(self) -> bool:
+        """True when every topic exists as specified."""
+        return not self.drift
+
+
+@asynccontextmanager
+async def admin_client(settings: KafkaSettings, timeout_s: float = 15.0) -> AsyncIterator[Any]:
+    """A started admin client; fails with :class:`BrokerUnavailable` if nothing answers."""
+    client = AIOKafkaAdminClient(**client_options(settings))
+    try:
+        await asyncio.wait_for(client.start(), timeout_s)
+    except (TimeoutError, KafkaConnectionError, KafkaError, OSError) as exc:
+        await client.close()
+        raise BrokerUnavailable(
+            f"no Kafka broker answers at {settings.bootstrap_servers} ({exc!r}); "
+            "start the local one with `pipeline kafka up` or set "
+            "PIPELINE_KAFKA_BOOTSTRAP_SERVERS"
+        ) from exc
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def broker_reachable(settings: KafkaSettings, timeout_s: float = 5.0) -> bool:
+    """Whether a broker answers a metadata request at the configured address."""
+    try:
+        async with admin_client(settings, timeout_s) as client:
+            await asyncio.wait_for(client.describe_cluster(), timeout_s)
+    except (BrokerUnavailable, TimeoutError, KafkaError):
+        return False
+    return True
+
+
+async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[TopicPartition]:
+    """Every partition of the given topics that exist."""
+    async with admin_client(settings) as client:
+        existing = set(await client.list_topics())
+        wanted = [topic for topic in topics if topic in existing]
+        if not wanted:
+            return []
+        described = await client.describe_topics(wanted)
+    return sorted(
+        TopicPartition(meta["topic"], part["partition"])
+        for meta in described
+        for part in meta["partitions"]
+    )
+
+
+async def _topic_configs(client: Any, names: list[str]) -> dict[str, dict[str, str]]:
+    if not names:
+        return {}
+    resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+    configs: dict[str, dict[str, str]] = {}
+    for response in await client.describe_configs(resources):
+        for _error, _message, _type, name, entries in response.resources:
+            configs[name] = {entry[0]: entry[1] for entry in entries}
+    return configs
+
+
+async def apply_topics(settings: KafkaSettings, wanted: list[TopicSpec]) -> TopicsReport:
+    """Create missing topics; report existing ones whose partitions or configs differ.
+
+    Existing topics are never altered: changing partitions moves keys between
+    partitions and breaks per-key order, so that stays a deliberate operator action.
+    """
+    report = TopicsReport()
+    async with admin_client(settings) as client:
+        existing = set(await client.list_topics())
+        missing = [spec for spec in wanted if spec.name not in existing]
+        if missing:
+            new_topics = [
+                NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.config)
+                for s in missing
+            ]
+            # Another process may create them meanwhile; that is fine.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await client.create_topics(new_topics)
+            report.created = [spec.name for spec in missing]
+        present = [spec for spec in wanted if spec.name in existing]
+        described = (
+            {
+                meta["topic"]: len(meta["partitions"])
+                for meta in await client.describe_topics([s.name for s in present])
+            }
+            if present
+            else {}
+        )
+        configs = await _topic_configs(client, [s.name for s in present])
+        for spec in present:
+            differences = []
+            if described.get(spec.name) != spec.partitions:
+                differences.append(
+                    f"partitions: wanted {spec.partitions}, found {described.get(spec.name)}"
+                )
+            for key, value in spec.config.items():
+                found = configs.get(spec.name, {}).get(key)
+                if found != value:
+                    differences.append(f"{key}: wanted {value}, found {found}")
+            if differences:
+                report.drift[spec.name] = differences
+            else:
+                report.unchanged.append(spec.name)
+    return report
+
+
+async def delete_topics(
+    settings: KafkaSettings, names: list[str], *, timeout_s: float = 60.0
+) -> None:
+    """Delete the named topics that exist and wait until the broker no longer lists them
+    (deletion is asynchronous; recreating too early fails). Kafka drops the groups'
+    committed offsets of deleted topics with them."""
+    async with admin_client(settings) as client:
+        existing = set(await client.list_topics())
+        doomed = [name for name in names if name in existing]
+        if not doomed:
+            return
+        await client.delete_topics(doomed)
+        async with asyncio.timeout(timeout_s):
+            # The broker offers no notification for finished deletions: poll it.
+            while set(doomed) & set(await client.list_topics()):  # noqa: ASYNC110
+                await asyncio.sleep(0.2)

@@ -1,0 +1,96 @@
+"""The pipeline's topics, in one place: names, partitions, replication and retention.
+
+``pipeline topics apply`` and the rendered Strimzi resources both come from
+:func:`pipeline_topics`, so the code and the cluster cannot disagree silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pipeline.settings import TopologySettings
+
+ORDERS_EVENTS = "orders.events"
+ORDERS_VALIDATED = "orders.validated"
+ORDERS_RESERVED = "orders.reserved"
+ORDERS_PAID = "orders.paid"
+ORDERS_FULFILLED = "orders.fulfilled"
+
+STAGE_NAMES = ("validate", "reserve", "pay", "fulfil")
+"""The stages in flow order; each stage's consumer group id is its name."""
+
+STAGE_TOPICS: dict[str, tuple[str, str]] = {
+    "validate": (ORDERS_EVENTS, ORDERS_VALIDATED),
+    "reserve": (ORDERS_VALIDATED, ORDERS_RESERVED),
+    "pay": (ORDERS_RESERVED, ORDERS_PAID),
+    "fulfil": (ORDERS_PAID, ORDERS_FULFILLED),
+}
+"""Stage name -> (input topic, output topic)."""
+
+
+def dead_letter_topic(stage: str) -> str:
+    """Name of the stage's dead-letter topic."""
+    return f"{stage}.dlq"
+
+
+def dead_letter_topics() -> list[str]:
+    """Every stage's dead-letter topic, in flow order."""
+    return [dead_letter_topic(stage) for stage in STAGE_NAMES]
+
+
+@dataclass(frozen=True, slots=True)
+class Naming:
+    """Maps the pipeline's logical topic and group names into a namespace (a prefix), so
+    several pipelines (or test runs) can share one cluster."""
+
+    prefix: str = ""
+
+    @classmethod
+    def of(cls, settings: TopologySettings) -> Naming:
+        """The naming the settings ask for."""
+        return cls(settings.prefix)
+
+    def topic(self, logical: str) -> str:
+        """The real name of a logical topic."""
+        return f"{self.prefix}{logical}"
+
+    def group(self, stage: str) -> str:
+        """The consumer group id of a stage."""
+        return f"{self.prefix}{stage}"
+
+    def source(self, stage: str) -> str:
+        """The stage's input topic."""
+        return self.topic(STAGE_TOPICS[stage][0])
+
+    def dead_letter(self, stage: str) -> str:
+        """The stage's dead-letter topic."""
+        return self.topic(dead_letter_topic(stage))
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic as the pipeline wants it to exist."""
+
+    name: str
+    partitions: int
+    replication_factor: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def pipeline_topics(settings: TopologySettings) -> list[TopicSpec]:
+    """Every topic the pipeline reads or writes."""
+
+    naming = Naming.of(settings)
+
+    def topic(name: str, retention_ms: int) -> TopicSpec:
+        return TopicSpec(
+            name=naming.topic(name),
+            partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+            config={"retention.ms": str(retention_ms), "cleanup.policy": "delete"},
+        )
+
+    flow = [ORDERS_EVENTS, ORDERS_VALIDATED, ORDERS_RESERVED, ORDERS_PAID, ORDERS_FULFILLED]
+    return [topic(name, settings.retention_ms) for name in flow] + [
+        topic(name, settings.dlq_retention_ms) for name in dead_letter_topics()
+    ]

@@ -1,0 +1,81 @@
+"""Which offset of a partition is safe to commit.
+
+Records of one partition finish out of order (different keys run concurrently), so the
+committed offset may only move up to the lowest record that is not finished yet. This
+module holds that rule and nothing else: no Kafka, no clocks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class OffsetWentBackwards(RuntimeError):
+    """A commit would move a partition's committed offset backwards."""
+
+
+class PartitionOffsets:
+    """The unfinished offsets of one partition and the offset that is safe to commit.
+
+    Offsets must be :meth:`track`-ed in increasing order (Kafka delivers a partition in
+    order); they may :meth:`finish` in any order.
+    """
+
+    __slots__ = ("_done", "_highest_tracked", "_pending", "committed_offset")
+
+    def __init__(self, committed_offset: int | None = None) -> None:
+        self._pending: deque[int] = deque()
+        self._done: set[int] = set()
+        self._highest_tracked: int | None = None
+        self.committed_offset = committed_offset
+
+    def track(self, offset: int) -> bool:
+        """Record that ``offset`` has been taken for processing.
+
+        Returns ``False`` (and tracks nothing) for an offset at or below one already
+        tracked: a record fetched twice must not be processed twice by this instance.
+        """
+        if self._highest_tracked is not None and offset <= self._highest_tracked:
+            return False
+        self._pending.append(offset)
+        self._highest_tracked = offset
+        return True
+
+    def finish(self, offset: int) -> None:
+        """Record that ``offset`` is done (its outputs are acknowledged by the broker)."""
+        pending = self._pending
+        if pending and pending[0] == offset:
+            pending.popleft()
+            done = self._done
+            while pending and pending[0] in done:
+                done.discard(pending.popleft())
+        else:
+            self._done.add(offset)
+
+    @property
+    def in_flight(self) -> int:
+        """How many tracked offsets are not yet committable."""
+        return len(self._pending)
+
+    @property
+    def safe_offset(self) -> int | None:
+        """The next offset to consume after a restart: one past everything finished below
+        the first unfinished record (Kafka's committed-offset convention)."""
+        if self._pending:
+            return self._pending[0]
+        if self._highest_tracked is not None:
+            return self._highest_tracked + 1
+        return self.committed_offset
+
+    def commit_candidate(self) -> int | None:
+        """The offset to commit now, or ``None`` when it has not moved since last commit."""
+        safe = self.safe_offset
+        if safe is None or (self.committed_offset is not None and safe <= self.committed_offset):
+            return None
+        return safe
+
+    def mark_committed(self, offset: int) -> None:
+        """Record a successful commit of ``offset``; refuses to go backwards."""
+        if self.committed_offset is not None and offset < self.committed_offset:
+            raise OffsetWentBackwards(f"commit {offset} < committed {self.committed_offset}")
+        self.committed_offset = offset

@@ -1,0 +1,34 @@
+"""pay: charges reserved orders, refunds cancelled ones."""
+
+from __future__ import annotations
+
+from pipeline.kafka.topology import ORDERS_PAID, ORDERS_RESERVED
+from pipeline.runtime.stage import StageSpec
+from pipeline.services import Services
+from schemas import OrderCancelled, OrderProgress, OrderStatus
+
+
+async def pay(order: OrderProgress, services: Services) -> OrderProgress:
+    """Charge through the payment gateway; the event id makes the charge idempotent."""
+    event = order.event
+    if isinstance(event, OrderCancelled):
+        await services.payment.refund(event.order_id, idempotency_key=event.event_id)
+        return order
+    if order.status is not OrderStatus.RESERVED:
+        return order
+    result = await services.payment.charge(
+        event.order_id, order.total_cents, idempotency_key=event.event_id
+    )
+    if result.payment_id is None:
+        return order.advance(OrderStatus.DECLINED, reason=result.declined_reason)
+    return order.advance(OrderStatus.PAID, payment_id=result.payment_id)
+
+
+STAGE: StageSpec[OrderProgress, OrderProgress] = StageSpec(
+    name="pay",
+    source=ORDERS_RESERVED,
+    sink=ORDERS_PAID,
+    input_type=OrderProgress,
+    handler=pay,
+    description="Charges customers through the payment gateway.",
+)

@@ -1,0 +1,42 @@
+"""validate: checks an incoming order event and turns it into an order in progress.
+
+Schema problems never reach this handler (the runtime dead-letters them); what is left
+are business rules, whose failures are outcomes (``rejected``) that flow on.
+"""
+
+from __future__ import annotations
+
+from pipeline.kafka.topology import ORDERS_EVENTS, ORDERS_VALIDATED
+from pipeline.runtime.stage import StageSpec
+from pipeline.services import Services
+from schemas import OrderCancelled, OrderEvent, OrderProgress, OrderStatus, order_total_cents
+
+MAX_ORDER_TOTAL_CENTS = 5_000_000
+ACCEPTED_CURRENCIES = frozenset({"EUR", "USD", "GBP"})
+
+
+async def validate(event: OrderEvent, services: Services) -> OrderProgress:
+    """Accept the event or reject it with a reason."""
+    if isinstance(event, OrderCancelled):
+        return OrderProgress(event=event, status=OrderStatus.VALIDATED)
+    total = order_total_cents(event.items)
+    reason = None
+    if total > MAX_ORDER_TOTAL_CENTS:
+        reason = "order total above limit"
+    elif getattr(event, "currency", "EUR") not in ACCEPTED_CURRENCIES:
+        reason = "currency not accepted"
+    if reason is not None:
+        return OrderProgress(
+            event=event, status=OrderStatus.REJECTED, total_cents=total, reason=reason
+        )
+    return OrderProgress(event=event, status=OrderStatus.VALIDATED, total_cents=total)
+
+
+STAGE: StageSpec[OrderEvent, OrderProgress] = StageSpec(
+    name="validate",
+    source=ORDERS_EVENTS,
+    sink=ORDERS_VALIDATED,
+    input_type=OrderEvent,
+    handler=validate,
+    description="Checks order events against the store's rules.",
+)
