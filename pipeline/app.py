@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from faststream import ContextRepo
 from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from prometheus_client import CollectorRegistry
 
 from pipeline.errors import ConfigurationError
 from pipeline.kafka.connection import broker_security
@@ -23,6 +24,8 @@ from pipeline.runtime.wiring import StageRuntime
 from pipeline.services import Services, simulated_services
 from pipeline.settings import Settings
 from pipeline.stages import ALL_STAGES
+from pipeline.telemetry.http import http_routes
+from pipeline.telemetry.metrics import PipelineMetrics, PrometheusObserver
 
 
 @dataclass(slots=True)
@@ -32,6 +35,7 @@ class PipelineApp:
     app: AsgiFastStream
     broker: KafkaBroker
     runtimes: list[StageRuntime]
+    registry: CollectorRegistry
 
     async def start(self) -> None:
         """Start producers, then the broker and its consumers."""
@@ -53,15 +57,17 @@ def create_app(
     *,
     services: Services | None = None,
     observers: dict[str, StageObserver] | None = None,
-    sink: RecordSink | None = None,
-    asgi_routes_factory: Callable[[KafkaBroker, list[StageRuntime]], list[tuple[str, Any]]]
-    | None = None,
+    sink_factory: Callable[[KafkaBroker], RecordSink] | None = None,
+    http: bool = True,
 ) -> PipelineApp:
     """A FastStream app running ``stage_names`` (all stages when ``None``)."""
     names = list(stage_names or ALL_STAGES)
     unknown = [name for name in names if name not in ALL_STAGES]
     if unknown:
         raise ConfigurationError(f"unknown stage(s) {unknown}; known: {list(ALL_STAGES)}")
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry)
+    observers = observers or {name: PrometheusObserver(metrics, name) for name in names}
     context = ContextRepo()
     context.set_global("services", services or simulated_services(settings.services))
     broker = KafkaBroker(
@@ -72,6 +78,7 @@ def create_app(
         request_timeout_ms=settings.kafka.request_timeout_ms,
         # FastStream logs every batch at INFO; per-batch lines belong at DEBUG.
         log_level=logging.DEBUG,
+        middlewares=[KafkaPrometheusMiddleware(registry=registry, app_name="order-pipeline")],
     )
     runtimes = [
         StageRuntime(
@@ -79,8 +86,8 @@ def create_app(
             settings.kafka,
             settings.stage,
             context.get("services"),
-            observer=(observers or {}).get(name),
-            sink=sink,
+            observer=observers.get(name),
+            sink=sink_factory(broker) if sink_factory else None,
             naming=Naming.of(settings.topics),
         )
         for name in names
@@ -98,9 +105,11 @@ def create_app(
 
     app = AsgiFastStream(
         broker,
-        asgi_routes=asgi_routes_factory(broker, runtimes) if asgi_routes_factory else [],
         on_startup=[start_producers],
         on_shutdown=[drain_stages],
         context=context,
     )
-    return PipelineApp(app=app, broker=broker, runtimes=runtimes)
+    pipeline = PipelineApp(app=app, broker=broker, runtimes=runtimes, registry=registry)
+    if http:
+        app.routes.extend(http_routes(pipeline.runtimes, registry))
+    return pipeline

@@ -11,14 +11,13 @@ import uvicorn
 
 from pipeline.app import PipelineApp, create_app
 from pipeline.settings import Settings
-from pipeline.telemetry.http import http_routes
 
 log = logging.getLogger(__name__)
 
 
 def build(settings: Settings, stage_names: Sequence[str] | None) -> PipelineApp:
     """The process's app with its HTTP endpoints."""
-    return create_app(settings, stage_names, asgi_routes_factory=http_routes)
+    return create_app(settings, stage_names, http=settings.http.enabled)
 
 
 async def serve(settings: Settings, stage_names: Sequence[str] | None) -> int:

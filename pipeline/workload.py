@@ -77,7 +77,7 @@ def invalid_records(order_id: str) -> list[WorkloadRecord]:
     """Bytes that are not JSON, and JSON that breaks the schema (quantity 0)."""
     key = order_id.encode()
     schema_invalid = (
-        b'{"kind":"OrderPlaced","event_id":"' + key + b'-1","order_id":"' + key + b'",'
+        b'{"kind":"OrderPlaced","event_id":"' + key + b'-invalid","order_id":"' + key + b'",'
         b'"sequence":1,"occurred_at":"2026-01-01T00:00:00Z","customer_id":"c",'
         b'"currency":"EUR","items":[{"sku":"x","quantity":0,"unit_price_cents":1}]}'
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -11,7 +10,12 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 from aiokafka.structs import TopicPartition
 
 from pipeline.errors import BrokerUnavailable
@@ -78,6 +82,22 @@ async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[T
     )
 
 
+async def _partition_counts(
+    client: Any, names: list[str], timeout_s: float = 15.0
+) -> dict[str, int]:
+    """Partition count per topic, waiting out metadata that lags a fresh creation."""
+    if not names:
+        return {}
+    async with asyncio.timeout(timeout_s):
+        while True:
+            described = await client.describe_topics(names)
+            counts = {meta["topic"]: len(meta["partitions"]) for meta in described}
+            if all(meta["error_code"] == 0 for meta in described) and all(counts.values()):
+                return counts
+            # No notification exists for metadata propagation: ask again shortly.
+            await asyncio.sleep(0.1)
+
+
 async def _topic_configs(client: Any, names: list[str]) -> dict[str, dict[str, str]]:
     if not names:
         return {}
@@ -104,19 +124,19 @@ async def apply_topics(settings: KafkaSettings, wanted: list[TopicSpec]) -> Topi
                 NewTopic(s.name, s.partitions, s.replication_factor, topic_configs=s.config)
                 for s in missing
             ]
-            # Another process may create them meanwhile; that is fine.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await client.create_topics(new_topics)
-            report.created = [spec.name for spec in missing]
+            # Metadata lags behind creations: a topic missing from the list may exist.
+            response = await client.create_topics(new_topics)
+            errors = {name: code for name, code, *_ in response.topic_errors}
+            for spec in missing:
+                code = errors.get(spec.name, 0)
+                if code == TopicAlreadyExistsError.errno:
+                    existing.add(spec.name)
+                elif code:
+                    raise for_code(code)(f"creating {spec.name} failed")
+                else:
+                    report.created.append(spec.name)
         present = [spec for spec in wanted if spec.name in existing]
-        described = (
-            {
-                meta["topic"]: len(meta["partitions"])
-                for meta in await client.describe_topics([s.name for s in present])
-            }
-            if present
-            else {}
-        )
+        described = await _partition_counts(client, [s.name for s in present])
         configs = await _topic_configs(client, [s.name for s in present])
         for spec in present:
             differences = []

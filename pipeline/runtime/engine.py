@@ -111,6 +111,7 @@ class StageEngine:
         self._closing = False
         self.failure: BaseException | None = None
         self.on_failure: Callable[[BaseException], None] | None = None
+        self.highwater: Callable[[TopicPartition], int | None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -135,6 +136,12 @@ class StageEngine:
     def in_flight(self) -> int:
         """Records taken from Kafka and not yet finished."""
         return self._in_flight
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is in flight (or the stage failed)."""
+        while self._in_flight and self.failure is None:
+            self._progress.clear()
+            await self._progress.wait()
 
     @property
     def assignment(self) -> set[TopicPartition] | None:
@@ -203,8 +210,7 @@ class StageEngine:
         try:
             event = self._decode(record.value or b"")
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
-            self._dead_letter(record, partition, UndecodableRecord(str(exc)), 1, None)
-            return True
+            return self._dead_letter(record, partition, UndecodableRecord(str(exc)), 1, None)
         try:
             result = step(self._handler(event, self.services))
         except Exception as exc:
@@ -215,8 +221,7 @@ class StageEngine:
             )
             return False
         self._observer.handled(time.perf_counter() - started, event)
-        self._emit(record, partition, self._sink_topic, encode(result), _forwarded(record))
-        return True
+        return self._emit(record, partition, self._sink_topic, encode(result), _forwarded(record))
 
     def _on_handler_done(
         self,
@@ -230,14 +235,14 @@ class StageEngine:
             return
         exc = task.exception()
         if exc is not None:
-            if not self._on_error(record, partition, event, exc, started):
-                return
+            issued = self._on_error(record, partition, event, exc, started)
         else:
             self._observer.handled(time.perf_counter() - started, event)
-            self._emit(
+            issued = self._emit(
                 record, partition, self._sink_topic, encode(task.result()), _forwarded(record)
             )
-        self._continue_lane(record, partition)
+        if issued:
+            self._continue_lane(record, partition)
 
     def _continue_lane(self, record: ConsumerRecord, partition: _Partition) -> None:
         if self._partitions.get((record.topic, record.partition)) is not partition:
@@ -263,8 +268,7 @@ class StageEngine:
             task = asyncio.ensure_future(self._retry_in_process(event, now()))
             task.add_done_callback(partial(self._on_retried, record, partition, event, started))
             return False
-        self._dead_letter(record, partition, exc, 1, None)
-        return True
+        return self._dead_letter(record, partition, exc, 1, None)
 
     async def _retry_in_process(self, event: Any, first_failure_at: Any) -> Any:
         """Further attempts with jittered exponential backoff, well inside the poll
@@ -294,15 +298,18 @@ class StageEngine:
         exc = task.exception()
         if exc is None:
             self._observer.handled(time.perf_counter() - started, event)
-            self._emit(
+            issued = self._emit(
                 record, partition, self._sink_topic, encode(task.result()), _forwarded(record)
             )
         elif self.spec.error_policy(exc) is Verdict.FAIL_STAGE:
             self._fail(exc)
             return
         else:
-            self._dead_letter(record, partition, exc, self.spec.in_process_attempts, None)
-        self._continue_lane(record, partition)
+            issued = self._dead_letter(
+                record, partition, exc, self.spec.in_process_attempts, None
+            )
+        if issued:
+            self._continue_lane(record, partition)
 
     def _dead_letter(
         self,
@@ -311,12 +318,14 @@ class StageEngine:
         exc: BaseException,
         attempt: int,
         first_failure_at: Any,
-    ) -> None:
+    ) -> bool:
         failed_at = now()
         failure = Failure(exc, attempt, first_failure_at or failed_at, failed_at)
         headers = failure_headers(record, self.spec.name, failure)
         self._observer.dead_lettered(exc)
-        self._emit(record, partition, self._dead_letter_topic, record.value or b"", headers)
+        return self._emit(
+            record, partition, self._dead_letter_topic, record.value or b"", headers
+        )
 
     def _emit(
         self,
@@ -325,18 +334,38 @@ class StageEngine:
         topic: str,
         value: bytes,
         headers: Headers,
-    ) -> None:
-        """Issue the output record; the input finishes when the broker acknowledges."""
+    ) -> bool:
+        """Hand the output to the producer; ``True`` when it is queued already.
+
+        The next record of the key may start only once this output is queued in the
+        producer (which keeps per-partition order); a send that had to wait (metadata,
+        a full buffer) continues the lane from its callback. The input record finishes
+        when the broker acknowledges the output.
+        """
         try:
             sent = step(self._sink.send(topic, value, record.key, headers))
         except Exception as exc:
             self._fail(exc)
-            return
+            return False
         done = partial(self._delivered, record.offset, partition)
         if isinstance(sent, Pending):
-            sent.task.add_done_callback(partial(_chain_delivery, done, self._fail))
-        else:
-            sent.add_done_callback(done)
+            sent.task.add_done_callback(partial(self._queued_late, record, partition, done))
+            return False
+        sent.add_done_callback(done)
+        return True
+
+    def _queued_late(
+        self,
+        record: ConsumerRecord,
+        partition: _Partition,
+        done: Callable[[asyncio.Future[Any]], None],
+        task: asyncio.Task[asyncio.Future[Any]],
+    ) -> None:
+        if task.cancelled() or task.exception() is not None:
+            self._fail(task.exception() or asyncio.CancelledError())
+            return
+        task.result().add_done_callback(done)
+        self._continue_lane(record, partition)
 
     def _delivered(self, offset: int, partition: _Partition, delivery: asyncio.Future[Any]) -> None:
         if delivery.cancelled() or delivery.exception() is not None:
@@ -390,6 +419,11 @@ class StageEngine:
                 if partition.tp in offsets:
                     partition.offsets.mark_committed(offsets[partition.tp])
             self._observer.committed(offsets)
+            if self.highwater is not None:
+                for tp, offset in offsets.items():
+                    end = self.highwater(tp)
+                    if end is not None:
+                        self._observer.lag(tp, max(0, end - offset))
 
     async def _commit_periodically(self) -> None:
         interval = self._settings.commit_interval_ms / 1000
@@ -400,6 +434,7 @@ class StageEngine:
     def assigned(self, partitions: set[TopicPartition]) -> None:
         """The consumer now owns ``partitions`` (called on every rebalance)."""
         self._assigned = set(partitions)
+        self._observer.ready(True)
 
     async def revoked(self, partitions: set[TopicPartition], timeout_s: float) -> None:
         """Give ``partitions`` back: drain them within ``timeout_s``, commit, forget them."""
@@ -444,18 +479,3 @@ def _forwarded(record: ConsumerRecord) -> Headers:
         return []
     return [(k, v) for k, v in headers if not k.startswith(HEADER_PREFIX)]
 
-
-def _chain_delivery(
-    done: Callable[[asyncio.Future[Any]], None],
-    fail: Callable[[BaseException], None],
-    task: asyncio.Task[asyncio.Future[Any]],
-) -> None:
-    """The send itself had to wait (buffer full, metadata); chain onto its delivery."""
-    if task.cancelled():
-        fail(asyncio.CancelledError())
-        return
-    exc = task.exception()
-    if exc is not None:
-        fail(exc)
-        return
-    task.result().add_done_callback(done)

@@ -37,6 +37,12 @@ class StageObserver(Protocol):
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
         """Offsets were committed for the stage's group."""
 
+    def lag(self, partition: TopicPartition, records: int) -> None:
+        """``records`` of ``partition`` are behind the group's committed offset."""
+
+    def ready(self, is_ready: bool) -> None:
+        """The stage's consumer became ready (owns partitions or is idle) or not."""
+
 
 class NullObserver:
     """Observes nothing."""
@@ -60,4 +66,10 @@ class NullObserver:
         """Ignored."""
 
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """Ignored."""
+
+    def lag(self, partition: TopicPartition, records: int) -> None:
+        """Ignored."""
+
+    def ready(self, is_ready: bool) -> None:
         """Ignored."""

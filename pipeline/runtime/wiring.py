@@ -125,7 +125,12 @@ class StageRuntime:
         ) -> None:
             if self._consumer is None:
                 self._consumer = message.consumer
-                engine.start(ConsumerCommitter(message.consumer) if _is_real(message) else None)
+                consumer = message.consumer
+                if isinstance(consumer, AIOKafkaConsumer):
+                    engine.highwater = consumer.highwater
+                    engine.start(ConsumerCommitter(consumer))
+                else:
+                    engine.start(None)
             engine.services = services
             await engine.submit(message.raw_message)
 
@@ -182,6 +187,3 @@ class _LateSink:
     def send(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> Any:
         return self._runtime.producer().send(topic, value, key=key, headers=headers)
 
-
-def _is_real(message: Any) -> bool:
-    return isinstance(getattr(message, "consumer", None), AIOKafkaConsumer)

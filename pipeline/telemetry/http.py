@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from faststream.asgi import AsgiResponse, get
-from faststream.kafka import KafkaBroker
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from pipeline.runtime.wiring import StageRuntime
 
 
-def http_routes(broker: KafkaBroker, runtimes: list[StageRuntime]) -> list[tuple[str, Any]]:
+def http_routes(runtimes: list[StageRuntime], registry: CollectorRegistry) -> list[tuple[str, Any]]:
     """ASGI routes for a stage process."""
 
     @get
@@ -31,7 +30,7 @@ def http_routes(broker: KafkaBroker, runtimes: list[StageRuntime]) -> list[tuple
     @get
     async def metrics(scope: Any) -> AsgiResponse:
         return AsgiResponse(
-            generate_latest(REGISTRY),
+            generate_latest(registry),
             status_code=200,
             headers={"content-type": CONTENT_TYPE_LATEST},
         )

@@ -1,0 +1,53 @@
+# The project's vocabulary: install, test, demo, lint, bench, chaos.
+PYTHON ?= $(shell .ci/find-python)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install test unit integration lint format demo bench chaos kafka-up kafka-down clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+## test: lint, unit tests, then integration and short chaos tests on a real Kafka
+## (the local broker is started from Maven Central jars unless
+## PIPELINE_KAFKA_BOOTSTRAP_SERVERS points at one).
+test: install lint
+	$(BIN)/pytest
+
+unit: install
+	$(BIN)/pytest -m unit
+
+integration: install
+	$(BIN)/pytest -m "integration or chaos"
+
+lint: install
+	$(BIN)/ruff check pipeline schemas tests
+	$(BIN)/ruff format --check pipeline schemas tests
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix pipeline schemas tests
+	$(BIN)/ruff format pipeline schemas tests
+
+demo: install
+	$(BIN)/pipeline demo --orders 10000
+
+bench: install
+	$(BIN)/pipeline bench --json bench-results.json
+
+chaos: install
+	$(BIN)/pipeline chaos --orders 20000 --kills 20 --json
+
+kafka-up: install
+	$(BIN)/pipeline kafka up
+
+kafka-down: install
+	$(BIN)/pipeline kafka down
+
+clean:
+	rm -rf $(VENV) .cache .mypy_cache .ruff_cache .pytest_cache

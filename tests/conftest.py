@@ -1,0 +1,104 @@
+"""One real Kafka broker per test session, and an isolated namespace per test.
+
+The broker comes from, in order: ``PIPELINE_KAFKA_BOOTSTRAP_SERVERS`` (used as is),
+testcontainers' ``KafkaContainer`` where a Docker engine answers, or the project's own
+local broker (``pipeline kafka up``: Maven Central jars, no Docker). When none of them
+works the session fails with instructions; real-broker tests are never skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from pipeline.kafka.admin import apply_topics, broker_reachable
+from pipeline.kafka.topology import Naming, pipeline_topics
+from pipeline.settings import KafkaSettings, Settings
+
+NO_BROKER = (
+    "no Kafka broker for the integration tests: {why}\n"
+    "Run `make test` (it starts the local broker from Maven Central jars; needs Java 17+ "
+    "and Maven), or start one with `.venv/bin/pipeline kafka up`, or point "
+    "PIPELINE_KAFKA_BOOTSTRAP_SERVERS at a running broker. To run only the unit tests, "
+    "pass `-m unit` explicitly."
+)
+
+
+def _docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        import docker  # type: ignore[import-untyped]
+
+        docker.from_env().ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """The bootstrap address of a real broker for the whole session."""
+    configured = os.environ.get("PIPELINE_KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        if not asyncio.run(broker_reachable(KafkaSettings(bootstrap_servers=configured))):
+            pytest.fail(NO_BROKER.format(why=f"nothing answers at {configured}"), False)
+        yield configured
+        return
+    if _docker_available():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    from pipeline.kafka.local import LocalKafka, LocalKafkaError
+
+    local = LocalKafka(Settings().local_kafka)
+    was_running = local.status().running
+    try:
+        bootstrap = local.up()
+    except LocalKafkaError as exc:
+        pytest.fail(NO_BROKER.format(why=f"the local broker did not start: {exc}"), False)
+    os.environ["PIPELINE_KAFKA_BOOTSTRAP_SERVERS"] = bootstrap  # for CLI subprocesses
+    yield bootstrap
+    if not was_running:
+        local.down()
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str) -> Settings:
+    """Settings pointing at the session broker, in a topic namespace of this test only."""
+    base = Settings()
+    return base.model_copy(
+        update={
+            "kafka": base.kafka.model_copy(update={"bootstrap_servers": kafka_bootstrap}),
+            "topics": base.topics.model_copy(update={"prefix": f"t{uuid.uuid4().hex[:10]}."}),
+            "http": base.http.model_copy(update={"enabled": False}),
+            "stage": base.stage.model_copy(update={"commit_interval_ms": 200}),
+        }
+    )
+
+
+@pytest.fixture
+async def topics(settings: Settings) -> AsyncIterator[Naming]:
+    """The test's topics, created fresh; yields the naming to reach them."""
+    report = await apply_topics(settings.kafka, pipeline_topics(settings.topics))
+    assert report.clean, report.drift
+    yield Naming.of(settings.topics)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests under tests/integration and tests/chaos are marked as such automatically."""
+    for item in items:
+        path = str(item.path)
+        if "/tests/integration/" in path:
+            item.add_marker(pytest.mark.integration)
+        elif "/tests/chaos/" in path:
+            item.add_marker(pytest.mark.chaos)
+        elif "/tests/unit/" in path:
+            item.add_marker(pytest.mark.unit)

@@ -1,0 +1,80 @@
+"""Shared steps of the real-broker tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from pipeline.app import PipelineApp, create_app
+from pipeline.kafka.lag import wait_until_drained
+from pipeline.kafka.produce import produce_records
+from pipeline.kafka.topology import ORDERS_EVENTS, STAGE_NAMES, Naming
+from pipeline.services import Services
+from pipeline.settings import Settings
+from pipeline.verify import VerifyReport, verify
+from pipeline.workload import WorkloadRecord, generate
+
+PIPELINE_BIN = Path(sys.executable).with_name("pipeline")
+
+
+@asynccontextmanager
+async def running(
+    settings: Settings,
+    stages: Sequence[str] = STAGE_NAMES,
+    services: Services | None = None,
+) -> AsyncIterator[PipelineApp]:
+    """The given stages running in this process; drained and stopped on exit."""
+    pipeline = create_app(settings, stages, services=services, http=False)
+    await pipeline.start()
+    try:
+        yield pipeline
+    finally:
+        await pipeline.stop()
+    assert pipeline.failure is None, pipeline.failure
+
+
+async def produce_orders(settings: Settings, orders: int, **workload: int) -> int:
+    """Produce ``orders`` order lifecycles to the test's input topic."""
+    naming = Naming.of(settings.topics)
+    return await produce_records(
+        settings.kafka, naming.topic(ORDERS_EVENTS), generate(orders, **workload)
+    )
+
+
+async def produce(settings: Settings, records: list[WorkloadRecord]) -> int:
+    """Produce hand-made records to the test's input topic."""
+    naming = Naming.of(settings.topics)
+    return await produce_records(settings.kafka, naming.topic(ORDERS_EVENTS), records)
+
+
+async def drain_and_verify(settings: Settings, timeout_s: float = 180) -> VerifyReport:
+    """Wait until every stage committed everything, then run the verifier."""
+    naming = Naming.of(settings.topics)
+    await wait_until_drained(settings.kafka, STAGE_NAMES, naming=naming, timeout_s=timeout_s)
+    return await verify(settings.kafka, naming)
+
+
+def stage_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a ``pipeline`` subprocess that joins this test's namespace."""
+    return {
+        **os.environ,
+        "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "PIPELINE_TOPICS_PREFIX": settings.topics.prefix,
+        "PIPELINE_STAGE_COMMIT_INTERVAL_MS": str(settings.stage.commit_interval_ms),
+        "PIPELINE_HTTP_ENABLED": "false",
+        **extra,
+    }
+
+
+def start_stage_process(settings: Settings, *stages: str, **env: str) -> subprocess.Popen[bytes]:
+    """``pipeline run STAGE...`` as a child process."""
+    return subprocess.Popen(
+        [str(PIPELINE_BIN), "run", *stages],
+        env=stage_env(settings, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
