@@ -97,9 +97,16 @@ def _input_id(record: ConsumerRecord) -> tuple[str, str | None, int | None]:
     """(identity, order id, sequence) of an input record; undecodable ones by position."""
     try:
         event = orjson.loads(record.value or b"")
-        return str(event["event_id"]), str(event["order_id"]), int(event["sequence"])
+        event_id = str(event["event_id"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return f"{record.topic}/{record.partition}/{record.offset}", None, None
+    order_id = event.get("order_id")
+    sequence = event.get("sequence")
+    return (
+        event_id,
+        str(order_id) if order_id is not None else None,
+        sequence if isinstance(sequence, int) else None,
+    )
 
 
 def _dead_letter_id(record: ConsumerRecord) -> str:

@@ -12,7 +12,7 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -85,11 +85,11 @@ def settings(kafka_bootstrap: str) -> Settings:
 
 
 @pytest.fixture
-async def topics(settings: Settings) -> AsyncIterator[Naming]:
+async def topics(settings: Settings) -> Naming:
     """The test's topics, created fresh; yields the naming to reach them."""
     report = await apply_topics(settings.kafka, pipeline_topics(settings.topics))
     assert report.clean, report.drift
-    yield Naming.of(settings.topics)
+    return Naming.of(settings.topics)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

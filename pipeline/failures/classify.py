@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import StrEnum
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerFenced,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 from pydantic import ValidationError
 
 from pipeline.errors import ConfigurationError, FatalError, RetryableError
@@ -22,18 +30,32 @@ class Verdict(StrEnum):
     """Stop the stage without committing: the pipeline itself is broken."""
 
 
+FENCED_OR_FORBIDDEN = (
+    ProducerFenced,
+    AuthenticationFailedError,
+    GroupAuthorizationFailedError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
+"""Errors that say this instance must not go on: another one took over, or it may not."""
+
 ErrorPolicy = Callable[[BaseException], Verdict]
 """Maps an exception raised for one record to a :class:`Verdict`."""
 
 
 def default_error_policy(exc: BaseException) -> Verdict:
-    """Fatal and invalid data dead-letter at once; configuration stops the stage; the rest
+    """Fatal and invalid data dead-letter at once; configuration, fencing and missing
+    permissions stop the stage; the rest
     (timeouts, unavailable services, unexpected bugs) retries and ends in the dead-letter
     topic if it never succeeds."""
     if isinstance(exc, ConfigurationError):
         return Verdict.FAIL_STAGE
     if isinstance(exc, FatalError | ValidationError | ValueError | TypeError | KeyError):
         return Verdict.DEAD_LETTER
+    if isinstance(exc, FENCED_OR_FORBIDDEN):
+        return Verdict.FAIL_STAGE
+    if isinstance(exc, KafkaTimeoutError):
+        return Verdict.RETRY
     if isinstance(exc, KafkaError) and not exc.retriable:
         return Verdict.DEAD_LETTER
     if isinstance(exc, RetryableError | TimeoutError | ConnectionError | KafkaError):

@@ -36,7 +36,7 @@ def step(coro: Coroutine[Any, Any, Result]) -> Result | Pending:
     """
     if EAGER_TASKS:
         task: asyncio.Task[Result] = asyncio.Task(  # type: ignore[call-arg,unused-ignore]
-            coro, eager_start=True
+            coro, loop=asyncio.get_running_loop(), eager_start=True
         )
         if task.done():
             return task.result()

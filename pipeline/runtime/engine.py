@@ -305,9 +305,7 @@ class StageEngine:
             self._fail(exc)
             return
         else:
-            issued = self._dead_letter(
-                record, partition, exc, self.spec.in_process_attempts, None
-            )
+            issued = self._dead_letter(record, partition, exc, self.spec.in_process_attempts, None)
         if issued:
             self._continue_lane(record, partition)
 
@@ -323,9 +321,7 @@ class StageEngine:
         failure = Failure(exc, attempt, first_failure_at or failed_at, failed_at)
         headers = failure_headers(record, self.spec.name, failure)
         self._observer.dead_lettered(exc)
-        return self._emit(
-            record, partition, self._dead_letter_topic, record.value or b"", headers
-        )
+        return self._emit(record, partition, self._dead_letter_topic, record.value or b"", headers)
 
     def _emit(
         self,
@@ -478,4 +474,3 @@ def _forwarded(record: ConsumerRecord) -> Headers:
     if not headers:
         return []
     return [(k, v) for k, v in headers if not k.startswith(HEADER_PREFIX)]
-

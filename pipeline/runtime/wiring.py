@@ -186,4 +186,3 @@ class _LateSink:
 
     def send(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> Any:
         return self._runtime.producer().send(topic, value, key=key, headers=headers)
-

@@ -65,9 +65,7 @@ class FakePayment:
 
 
 def _stage_app(stage: str, services: Services) -> PipelineApp:
-    return create_app(
-        Settings(), [stage], services=services, sink_factory=BrokerSink, http=False
-    )
+    return create_app(Settings(), [stage], services=services, sink_factory=BrokerSink, http=False)
 
 
 async def _run(stage: str, services: Services, value: bytes) -> list[Any]:
@@ -91,8 +89,10 @@ def _progress(record: Any) -> OrderProgress:
 
 
 def _services(**kwargs: Any) -> Services:
-    return Services(inventory=kwargs.get("inventory", FakeInventory()),
-                    payment=kwargs.get("payment", FakePayment()))
+    return Services(
+        inventory=kwargs.get("inventory", FakeInventory()),
+        payment=kwargs.get("payment", FakePayment()),
+    )
 
 
 async def test_validate_turns_an_order_event_into_a_validated_order_with_its_key() -> None:
@@ -138,8 +138,9 @@ async def test_reserve_releases_stock_of_a_cancelled_order() -> None:
     )
     inventory = FakeInventory()
     validated = OrderProgress(event=cancelled, status=OrderStatus.VALIDATED)
-    [record] = await _run("reserve", _services(inventory=inventory),
-                          validated.model_dump_json().encode())
+    [record] = await _run(
+        "reserve", _services(inventory=inventory), validated.model_dump_json().encode()
+    )
     assert _progress(record).status is OrderStatus.CANCELLED
     assert inventory.released == ["o1"]
 

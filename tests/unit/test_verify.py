@@ -210,11 +210,6 @@ def test_output_without_an_input_is_unknown() -> None:
     assert report.lost == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: an input with an event_id but no usable order_id/sequence is identified "
-    "by position, while its dead letter is identified by event_id",
-)
 def test_input_missing_its_sequence_is_accounted_by_its_dead_letter() -> None:
     broken = _record(EVENTS, 0, b"ord-c", b'{"event_id": "ord-c-1", "order_id": "ord-c"}')
     dead = _dead_letter(broken, "validate", UndecodableRecord("sequence missing"))
