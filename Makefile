@@ -8,6 +8,9 @@ BIN := $(VENV)/bin
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@command -v promtool >/dev/null || { echo "installing promtool (Debian package prometheus)"; \
+		apt-get install -y --no-install-recommends prometheus >/dev/null || \
+		{ echo "promtool is needed by the tests: apt-get install prometheus" >&2; exit 1; }; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[dev]'

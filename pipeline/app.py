@@ -6,8 +6,9 @@ No broker exists at import time; every caller (CLI, tests, benchmark) builds its
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from faststream import ContextRepo
 from faststream.asgi import AsgiFastStream
@@ -20,6 +21,7 @@ from pipeline.kafka.connection import broker_security
 from pipeline.kafka.topology import Naming
 from pipeline.runtime.engine import RecordSink
 from pipeline.runtime.observer import StageObserver
+from pipeline.runtime.stage import StageSpec
 from pipeline.runtime.wiring import StageRuntime
 from pipeline.services import Services, simulated_services
 from pipeline.settings import Settings
@@ -59,12 +61,13 @@ def create_app(
     observers: dict[str, StageObserver] | None = None,
     sink_factory: Callable[[KafkaBroker], RecordSink] | None = None,
     http: bool = True,
+    catalog: Mapping[str, StageSpec[Any, Any]] = ALL_STAGES,
 ) -> PipelineApp:
-    """A FastStream app running ``stage_names`` (all stages when ``None``)."""
-    names = list(stage_names or ALL_STAGES)
-    unknown = [name for name in names if name not in ALL_STAGES]
+    """A FastStream app running ``stage_names`` of ``catalog`` (all of them when ``None``)."""
+    names = list(stage_names or catalog)
+    unknown = [name for name in names if name not in catalog]
     if unknown:
-        raise ConfigurationError(f"unknown stage(s) {unknown}; known: {list(ALL_STAGES)}")
+        raise ConfigurationError(f"unknown stage(s) {unknown}; known: {list(catalog)}")
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry)
     observers = observers or {name: PrometheusObserver(metrics, name) for name in names}
@@ -82,7 +85,7 @@ def create_app(
     )
     runtimes = [
         StageRuntime(
-            ALL_STAGES[name],
+            catalog[name],
             settings.kafka,
             settings.stage,
             context.get("services"),

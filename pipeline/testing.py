@@ -7,6 +7,7 @@ an input into, never how the pipeline behaves on a real broker.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from faststream.kafka import KafkaBroker
@@ -20,15 +21,19 @@ class BrokerSink:
     def __init__(self, broker: KafkaBroker) -> None:
         self._broker = broker
 
-    async def send(
-        self, topic: str, value: bytes, key: bytes | None, headers: Headers
-    ) -> asyncio.Future[Any]:
-        """Start the publish and return it as the delivery future (like a producer)."""
-        return asyncio.ensure_future(
-            self._broker.publish(
-                value,
-                topic,
-                key=key,
-                headers={name: raw.decode(errors="replace") for name, raw in headers},
-            )
+    def append(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers,
+        on_delivered: Callable[[asyncio.Future[Any]], None],
+    ) -> None:
+        """Publish in the background; the publish is the delivery future."""
+        publish = self._broker.publish(
+            value,
+            topic,
+            key=key,
+            headers={name: raw.decode(errors="replace") for name, raw in headers},
         )
+        asyncio.ensure_future(publish).add_done_callback(on_delivered)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Protocol
 
@@ -45,12 +45,18 @@ Lane = tuple[int, bytes | None]
 
 
 class RecordSink(Protocol):
-    """Where a stage's output records go (the Kafka producer, or a test double)."""
+    """Where a stage's output records go (batches for the producer, or a test double)."""
 
-    def send(
-        self, topic: str, value: bytes, key: bytes | None, headers: Headers
-    ) -> Coroutine[Any, Any, asyncio.Future[Any]]:
-        """Hand a record over; the returned future resolves when the broker has it."""
+    def append(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers,
+        on_delivered: Callable[[asyncio.Future[Any]], None],
+    ) -> None:
+        """Queue a record in order; ``on_delivered`` gets a future that resolves when the
+        broker has it."""
         ...
 
 
@@ -262,7 +268,7 @@ class StageEngine:
         verdict = self.spec.error_policy(exc)
         self._observer.failed(exc, verdict)
         if verdict is Verdict.FAIL_STAGE:
-            self._fail(exc)
+            self.fail(exc)
             return False
         if verdict is Verdict.RETRY and self.spec.in_process_attempts > 1:
             task = asyncio.ensure_future(self._retry_in_process(event, now()))
@@ -302,7 +308,7 @@ class StageEngine:
                 record, partition, self._sink_topic, encode(task.result()), _forwarded(record)
             )
         elif self.spec.error_policy(exc) is Verdict.FAIL_STAGE:
-            self._fail(exc)
+            self.fail(exc)
             return
         else:
             issued = self._dead_letter(record, partition, exc, self.spec.in_process_attempts, None)
@@ -331,42 +337,26 @@ class StageEngine:
         value: bytes,
         headers: Headers,
     ) -> bool:
-        """Hand the output to the producer; ``True`` when it is queued already.
-
-        The next record of the key may start only once this output is queued in the
-        producer (which keeps per-partition order); a send that had to wait (metadata,
-        a full buffer) continues the lane from its callback. The input record finishes
-        when the broker acknowledges the output.
-        """
+        """Queue the output in order (``True``); the input finishes when the broker
+        acknowledges it. The sink keeps per-partition order, so the next record of the key
+        may start right away."""
         try:
-            sent = step(self._sink.send(topic, value, record.key, headers))
+            self._sink.append(
+                topic,
+                record.key,
+                value,
+                headers,
+                partial(self._delivered, record.offset, partition),
+            )
         except Exception as exc:
-            self._fail(exc)
+            self.fail(exc)
             return False
-        done = partial(self._delivered, record.offset, partition)
-        if isinstance(sent, Pending):
-            sent.task.add_done_callback(partial(self._queued_late, record, partition, done))
-            return False
-        sent.add_done_callback(done)
         return True
-
-    def _queued_late(
-        self,
-        record: ConsumerRecord,
-        partition: _Partition,
-        done: Callable[[asyncio.Future[Any]], None],
-        task: asyncio.Task[asyncio.Future[Any]],
-    ) -> None:
-        if task.cancelled() or task.exception() is not None:
-            self._fail(task.exception() or asyncio.CancelledError())
-            return
-        task.result().add_done_callback(done)
-        self._continue_lane(record, partition)
 
     def _delivered(self, offset: int, partition: _Partition, delivery: asyncio.Future[Any]) -> None:
         if delivery.cancelled() or delivery.exception() is not None:
             # The producer gave up after its own retries: stop without committing past it.
-            self._fail(delivery.exception() or asyncio.CancelledError())
+            self.fail(delivery.exception() or asyncio.CancelledError())
             return
         if self._partitions.get((partition.tp.topic, partition.tp.partition)) is not partition:
             return  # abandoned on revoke; already uncounted
@@ -377,7 +367,8 @@ class StageEngine:
             self._capacity.set()
         self._progress.set()
 
-    def _fail(self, exc: BaseException) -> None:
+    def fail(self, exc: BaseException) -> None:
+        """Stop the stage without committing past unfinished records."""
         if self.failure is None:
             self.failure = exc
             log.error("stage %s failed; stopping without committing", self.spec.name, exc_info=exc)

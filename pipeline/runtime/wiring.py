@@ -8,7 +8,9 @@ FastStream's per-message path costs about 30x the CPU of a batched one.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -20,6 +22,7 @@ from faststream.kafka.annotations import KafkaMessage
 from pipeline.failures.provenance import Headers
 from pipeline.kafka.connection import client_options
 from pipeline.kafka.topology import Naming
+from pipeline.runtime.batching import BatchingSink
 from pipeline.runtime.engine import RecordSink, StageEngine
 from pipeline.runtime.observer import NullObserver, StageObserver
 from pipeline.runtime.stage import StageSpec
@@ -74,7 +77,9 @@ class StageRuntime:
         self._settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._own_sink = sink is None
-        self._sink: RecordSink = sink or _LateSink(self)
+        self._batches: BatchingSink | None = None
+        self._deferred = _DeferredSink()
+        self._sink: RecordSink = sink or self._deferred
         self.engine = StageEngine(
             spec, services, settings, self._sink, observer or NullObserver(), self.naming
         )
@@ -148,6 +153,12 @@ class StageRuntime:
             max_batch_size=self._settings.producer_max_batch_bytes,
         )
         await self._producer.start()
+        topics = [self.naming.topic(self.spec.sink), self.naming.topic(self.spec.dead_letter_topic)]
+        counts = {topic: len(await self._producer.partitions_for(topic)) for topic in topics}
+        self._batches = BatchingSink(self._producer, counts)
+        self._batches.on_error = self.engine.fail
+        self._batches.start()
+        self._deferred.target = self._batches
 
     async def stop(self) -> None:
         """Stop taking records, drain, commit, flush and close the producer."""
@@ -157,6 +168,9 @@ class StageRuntime:
             except Exception:  # the consumer may already be gone
                 log.debug("pause on stop failed", exc_info=True)
         await self.engine.stop(self._settings.shutdown_drain_timeout_s)
+        if self._batches is not None:
+            await self._batches.close()
+            self._batches = None
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -171,18 +185,21 @@ class StageRuntime:
             return "starting"
         return "assigned" if assigned else "idle"
 
-    def producer(self) -> AIOKafkaProducer:
-        """The running producer."""
-        if self._producer is None:
-            raise RuntimeError(f"stage {self.spec.name} is not started")
-        return self._producer
 
+class _DeferredSink:
+    """Forwards to the batching sink once the stage's producer has started."""
 
-class _LateSink:
-    """A sink bound to the runtime's producer once it has started."""
+    target: RecordSink | None = None
 
-    def __init__(self, runtime: StageRuntime) -> None:
-        self._runtime = runtime
-
-    def send(self, topic: str, value: bytes, key: bytes | None, headers: Headers) -> Any:
-        return self._runtime.producer().send(topic, value, key=key, headers=headers)
+    def append(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers,
+        on_delivered: Callable[[asyncio.Future[Any]], None],
+    ) -> None:
+        """Queue a record on the started producer's batches."""
+        if self.target is None:
+            raise RuntimeError("the stage's producer is not started")
+        self.target.append(topic, key, value, headers, on_delivered)

@@ -7,7 +7,8 @@ exception's class name (bounded by the code base). Never a key, an id or a messa
 from __future__ import annotations
 
 import platform
-from datetime import UTC, datetime
+import time
+from datetime import datetime
 from importlib.metadata import version
 from typing import Any
 
@@ -15,6 +16,9 @@ from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from pipeline.failures.classify import Verdict
+from schemas import OrderAmended, OrderCancelled, OrderPlaced, OrderProgress
+
+ORDER_EVENT_TYPES = (OrderPlaced, OrderAmended, OrderCancelled)
 
 # Handlers here take microseconds (in-memory) to tens of milliseconds (remote calls).
 HANDLER_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -134,7 +138,7 @@ class PrometheusObserver:
         self._duration.observe(seconds)
         occurred_at = _occurred_at(event)
         if occurred_at is not None:
-            self._end_to_end.observe((datetime.now(UTC) - occurred_at).total_seconds())
+            self._end_to_end.observe(time.time() - occurred_at.timestamp())
 
     def failed(self, error: BaseException, verdict: Verdict) -> None:
         """Count a failure by verdict and exception class."""
@@ -168,6 +172,6 @@ class PrometheusObserver:
 
 
 def _occurred_at(event: Any) -> datetime | None:
-    inner = getattr(event, "event", event)
-    occurred_at = getattr(inner, "occurred_at", None)
-    return occurred_at if isinstance(occurred_at, datetime) else None
+    """When the order event behind ``event`` was created, if the model says so."""
+    inner = event.event if isinstance(event, OrderProgress) else event
+    return inner.occurred_at if isinstance(inner, ORDER_EVENT_TYPES) else None

@@ -1,0 +1,1 @@
+"""``pipeline bench``: the stage engine against raw aiokafka and plain FastStream."""

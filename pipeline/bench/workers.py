@@ -1,0 +1,205 @@
+"""Benchmark worker processes: one hop in one of three implementations, or the sink.
+
+Run as ``python -m pipeline.bench.workers ROLE ...``; each prints ``READY`` once its
+consumer owns partitions, and the sink prints one JSON line when it has seen everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.structs import TopicPartition
+
+from pipeline.bench.model import HOPS, BenchEvent, bench_catalog, hop_topic
+from pipeline.kafka.connection import stop_consumer
+from pipeline.kafka.topology import Naming
+from pipeline.settings import Settings
+
+
+class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.event.set()
+
+
+def _ready() -> None:
+    print("READY", flush=True)
+
+
+async def _until_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def run_pipeline_hop(settings: Settings, hop: int, delay_ms: float) -> None:
+    """One hop on the pipeline's own stage engine."""
+    from pipeline.app import create_app
+
+    pipeline = create_app(settings, [f"hop{hop}"], http=False, catalog=bench_catalog(delay_ms))
+    await pipeline.start()
+    engine = pipeline.runtimes[0].engine
+    # Readiness probe for the orchestrator only; the engine has no event for it.
+    while engine.assignment is None:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    _ready()
+    await _until_signal()
+    await pipeline.stop()
+
+
+async def run_raw_hop(settings: Settings, hop: int, delay_ms: float) -> None:
+    """One hop as small as raw aiokafka allows: fetch a batch, transform, send all
+    without awaiting each, await the batch, commit."""
+    naming = Naming.of(settings.topics)
+    listener = _Assigned()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        group_id=naming.group(f"raw-hop{hop}"),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    consumer.subscribe([naming.topic(hop_topic(hop))], listener=listener)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        enable_idempotence=True,
+        linger_ms=settings.stage.producer_linger_ms,
+        max_batch_size=settings.stage.producer_max_batch_bytes,
+    )
+    await consumer.start()
+    await producer.start()
+    sink = naming.topic(hop_topic(hop + 1))
+    stop = asyncio.ensure_future(_until_signal())
+    first = True
+    while not stop.done():
+        batch = await consumer.getmany(timeout_ms=100, max_records=settings.stage.fetch_max_records)
+        if first and listener.event.is_set():
+            _ready()
+            first = False
+        pending = []
+        for records in batch.values():
+            for record in records:
+                value = orjson.dumps(orjson.loads(record.value))
+                pending.append(await producer.send(sink, value, key=record.key))
+        if pending:
+            await asyncio.gather(*pending)
+            await consumer.commit()
+    await producer.stop()
+    await stop_consumer(consumer)
+
+
+async def run_faststream_hop(settings: Settings, hop: int, delay_ms: float) -> None:
+    """One hop written as FastStream's documentation shows: a subscriber, a publisher,
+    a model in and a model out (with the key kept, or per-key order is lost)."""
+    from faststream.kafka import KafkaBroker, KafkaResponse
+    from faststream.kafka.annotations import KafkaMessage
+
+    naming = Naming.of(settings.topics)
+    listener = _Assigned()
+    broker = KafkaBroker(settings.kafka.bootstrap_servers, log_level=10)
+    delay_s = delay_ms / 1000
+
+    @broker.subscriber(
+        naming.topic(hop_topic(hop)),
+        group_id=naming.group(f"faststream-hop{hop}"),
+        auto_offset_reset="earliest",
+        listener=listener,
+    )
+    @broker.publisher(naming.topic(hop_topic(hop + 1)))
+    async def handle(event: BenchEvent, message: KafkaMessage) -> KafkaResponse:
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        record: Any = message.raw_message
+        return KafkaResponse(event, key=record.key)
+
+    await broker.start()
+    await listener.event.wait()
+    _ready()
+    await _until_signal()
+    await broker.stop()
+
+
+async def run_sink(settings: Settings, expected: int) -> None:
+    """Read the last topic until ``expected`` events arrived; print rate, latency and
+    per-key order violations as JSON."""
+    naming = Naming.of(settings.topics)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False
+    )
+    await consumer.start()
+    topic = naming.topic(hop_topic(HOPS))
+    partitions = [TopicPartition(topic, p) for p in range(settings.topics.partitions)]
+    consumer.assign(partitions)
+    await consumer.seek_to_beginning(*partitions)
+    _ready()
+    latencies: list[float] = []
+    last_seq: dict[str, int] = {}
+    violations = 0
+    first_at = last_at = 0.0
+    while len(latencies) < expected:
+        batch = await consumer.getmany(timeout_ms=200, max_records=5_000)
+        now = time.time()
+        for records in batch.values():
+            for record in records:
+                event = orjson.loads(record.value)
+                if not first_at:
+                    first_at = now
+                last_at = now
+                latencies.append(now - event["created"])
+                key, seq = event["key"], event["seq"]
+                if seq <= last_seq.get(key, -1):
+                    violations += 1
+                last_seq[key] = seq
+    await stop_consumer(consumer)
+    latencies.sort()
+    print(
+        json.dumps(
+            {
+                "received": len(latencies),
+                "last_at": last_at,
+                "p50_ms": latencies[len(latencies) // 2] * 1000,
+                "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+                "order_violations": violations,
+            }
+        ),
+        flush=True,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of a worker process."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=["pipeline", "raw", "faststream", "sink"])
+    parser.add_argument("--hop", type=int, default=0)
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    parser.add_argument("--expected", type=int, default=0)
+    args = parser.parse_args(argv)
+    settings = Settings()
+    runners: dict[str, Any] = {
+        "pipeline": run_pipeline_hop,
+        "raw": run_raw_hop,
+        "faststream": run_faststream_hop,
+    }
+    if args.role == "sink":
+        asyncio.run(run_sink(settings, args.expected))
+    else:
+        asyncio.run(runners[args.role](settings, args.hop, args.delay_ms))
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

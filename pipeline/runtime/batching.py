@@ -1,0 +1,133 @@
+"""Output batching: a stage's outputs go to the producer as one batch per partition.
+
+``AIOKafkaProducer.send`` costs a coroutine, a future and an accumulator lookup per
+record, which is most of a hop's CPU. Here a record is appended to its partition's open
+``BatchBuilder`` (synchronous, in C), every open batch is sealed once per event-loop
+tick, and one flusher hands sealed batches to the producer strictly in order, so
+per-partition (and so per-key) order is exactly the order of appends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+
+from pipeline.failures.provenance import Headers
+
+log = logging.getLogger(__name__)
+
+Delivered = Callable[["asyncio.Future[Any]"], None]
+
+
+def partition_for(key: bytes | None, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java and aiokafka alike) picks."""
+    if key is None:
+        return random.randrange(partitions)
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+class _OpenBatch:
+    __slots__ = ("builder", "callbacks", "partition", "topic")
+
+    def __init__(self, builder: Any, topic: str, partition: int) -> None:
+        self.builder = builder
+        self.topic = topic
+        self.partition = partition
+        self.callbacks: list[Delivered] = []
+
+
+class BatchingSink:
+    """Appends outputs to per-partition batches and flushes them in order."""
+
+    def __init__(self, producer: AIOKafkaProducer, partition_counts: dict[str, int]) -> None:
+        self._producer = producer
+        self._partition_counts = partition_counts
+        self._open: dict[tuple[str, int], _OpenBatch] = {}
+        self._sealed: deque[_OpenBatch] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._seal_scheduled = False
+        self._flusher: asyncio.Task[None] | None = None
+        self.on_error: Callable[[BaseException], None] | None = None
+
+    def start(self) -> None:
+        """Start the flusher task."""
+        self._flusher = asyncio.create_task(self._flush_forever())
+
+    async def close(self) -> None:
+        """Flush what is open and stop the flusher."""
+        self._seal_all()
+        if self._flusher is not None and not self._flusher.done() and self._sealed:
+            self._idle.clear()
+            await self._idle.wait()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
+    def append(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers,
+        on_delivered: Delivered,
+    ) -> None:
+        """Queue one record; ``on_delivered`` gets its batch's delivery future."""
+        partition = partition_for(key, self._partition_counts[topic])
+        slot = (topic, partition)
+        batch = self._open.get(slot)
+        if batch is None:
+            batch = self._open[slot] = _OpenBatch(self._producer.create_batch(), topic, partition)
+        if batch.builder.append(timestamp=None, key=key, value=value, headers=headers) is None:
+            self._seal(slot)  # full: it goes first, this record opens the next one
+            batch = self._open[slot] = _OpenBatch(self._producer.create_batch(), topic, partition)
+            batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
+        batch.callbacks.append(on_delivered)
+        if not self._seal_scheduled:
+            self._seal_scheduled = True
+            asyncio.get_running_loop().call_soon(self._seal_all)
+
+    def _seal(self, slot: tuple[str, int]) -> None:
+        batch = self._open.pop(slot)
+        batch.builder.close()
+        self._sealed.append(batch)
+        self._wake.set()
+
+    def _seal_all(self) -> None:
+        self._seal_scheduled = False
+        for slot in list(self._open):
+            self._seal(slot)
+
+    async def _flush_forever(self) -> None:
+        producer = self._producer
+        sealed = self._sealed
+        while True:
+            while sealed:
+                batch = sealed[0]
+                try:
+                    delivery = await producer.send_batch(
+                        batch.builder, batch.topic, partition=batch.partition
+                    )
+                except Exception as exc:
+                    log.error("handing a batch to the producer failed", exc_info=exc)
+                    if self.on_error is not None:
+                        self.on_error(exc)
+                    return
+                sealed.popleft()
+                delivery.add_done_callback(partial(_notify_all, batch.callbacks))
+            self._idle.set()
+            self._wake.clear()
+            await self._wake.wait()
+
+
+def _notify_all(callbacks: list[Delivered], delivery: asyncio.Future[Any]) -> None:
+    for callback in callbacks:
+        callback(delivery)
