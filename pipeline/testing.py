@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from faststream.kafka import KafkaBroker
@@ -21,13 +22,12 @@ class BrokerSink:
     def __init__(self, broker: KafkaBroker) -> None:
         self._broker = broker
 
+    def bind(self, on_delivered: Callable[[list[Any], asyncio.Future[Any]], None]) -> None:
+        """Remember the engine's delivery callback."""
+        self._on_delivered = on_delivered
+
     def append(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: Headers,
-        on_delivered: Callable[[asyncio.Future[Any]], None],
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers, receipt: Any
     ) -> None:
         """Publish in the background; the publish is the delivery future."""
         publish = self._broker.publish(
@@ -36,4 +36,5 @@ class BrokerSink:
             key=key,
             headers={name: raw.decode(errors="replace") for name, raw in headers},
         )
-        asyncio.ensure_future(publish).add_done_callback(on_delivered)
+        delivery = asyncio.ensure_future(publish)
+        delivery.add_done_callback(partial(self._on_delivered, [receipt]))

@@ -18,6 +18,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
+from pipeline import loop
 from pipeline.bench.model import HOPS, BenchEvent, bench_catalog, hop_topic
 from pipeline.kafka.connection import stop_consumer
 from pipeline.kafka.topology import Naming
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--hop", type=int, default=0)
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--expected", type=int, default=0)
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop")
     args = parser.parse_args(argv)
     settings = Settings()
     runners: dict[str, Any] = {
@@ -194,10 +196,11 @@ def main(argv: list[str] | None = None) -> None:
         "raw": run_raw_hop,
         "faststream": run_faststream_hop,
     }
+    run = loop.run if args.loop == "uvloop" else asyncio.run
     if args.role == "sink":
-        asyncio.run(run_sink(settings, args.expected))
+        run(run_sink(settings, args.expected))
     else:
-        asyncio.run(runners[args.role](settings, args.hop, args.delay_ms))
+        run(runners[args.role](settings, args.hop, args.delay_ms))
     sys.exit(0)
 
 

@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from pipeline import loop
+from pipeline.cli.bench import bench
 from pipeline.cli.kafka import kafka_app
 from pipeline.cli.topics import topics_app
 from pipeline.errors import PipelineError
@@ -25,6 +27,7 @@ from pipeline.workload import generate
 app = typer.Typer(help="A key-ordered Kafka checkout pipeline on FastStream.", no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
+app.command()(bench)
 console = Console()
 
 
@@ -49,7 +52,7 @@ def run(
         raise typer.BadParameter(f"name stages ({', '.join(STAGE_NAMES)}) or pass --all")
     _configure_logging(verbose)
     settings = load_settings()
-    raise typer.Exit(asyncio.run(serve(settings, None if all_stages else stages)))
+    raise typer.Exit(loop.run(serve(settings, None if all_stages else stages)))
 
 
 @app.command()
@@ -127,7 +130,7 @@ def demo(
     try:
         with Progress(console=console) as progress:
             task = progress.add_task("producing", total=None)
-            result = asyncio.run(
+            result = loop.run(
                 run_demo(
                     settings,
                     orders,

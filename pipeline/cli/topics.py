@@ -1,13 +1,19 @@
-"""``pipeline topics apply``: create or check the pipeline's topics."""
+"""``pipeline topics apply|render``: create, check or render the pipeline's topics."""
 
 from __future__ import annotations
 
 import asyncio
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
+from pipeline.errors import PipelineError
 from pipeline.kafka.admin import apply_topics
+from pipeline.kafka.strimzi import DEFAULT_CLUSTER, render_kafka_topics
 from pipeline.kafka.topology import pipeline_topics
 from pipeline.settings import load_settings
 
@@ -15,13 +21,25 @@ topics_app = typer.Typer(
     help="The pipeline's topics, from the topology in code.", no_args_is_help=True
 )
 console = Console()
+err_console = Console(stderr=True)
+
+
+class RenderFormat(StrEnum):
+    """What ``pipeline topics render`` can write."""
+
+    STRIMZI = "strimzi"
 
 
 @topics_app.command()
 def apply() -> None:
     """Create missing topics; report (and exit 1 on) topics that differ from the code."""
     settings = load_settings()
-    report = asyncio.run(apply_topics(settings.kafka, pipeline_topics(settings.topics)))
+    try:
+        report = asyncio.run(apply_topics(settings.kafka, pipeline_topics(settings.topics)))
+    except PipelineError as exc:
+        # One line that says why (no broker, refused credentials), not a traceback.
+        err_console.print(f"[red]topics not applied:[/red] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(2) from exc
     for name in report.created:
         console.print(f"[green]created[/green] {name}")
     for name in report.unchanged:
@@ -29,3 +47,33 @@ def apply() -> None:
     for name, differences in report.drift.items():
         console.print(f"[red]drift[/red] {name}: {'; '.join(differences)}")
     raise typer.Exit(0 if report.clean else 1)
+
+
+@topics_app.command()
+def render(
+    output_format: Annotated[
+        RenderFormat, typer.Option("--format", help="The kind of resources to write.")
+    ] = RenderFormat.STRIMZI,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")
+    ] = None,
+    cluster: Annotated[
+        str, typer.Option(help="The Strimzi Kafka cluster (label strimzi.io/cluster).")
+    ] = DEFAULT_CLUSTER,
+    namespace: Annotated[
+        str | None, typer.Option(help="metadata.namespace (the Topic Operator's namespace).")
+    ] = None,
+) -> None:
+    """Write the topics as Kubernetes resources (Strimzi ``KafkaTopic``), from the code and
+    PIPELINE_TOPICS_*; no broker needed."""
+    settings = load_settings()
+    topics = pipeline_topics(settings.topics)
+    try:
+        rendered = render_kafka_topics(topics, cluster, namespace=namespace)
+    except PipelineError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if output is None:
+        typer.echo(rendered, nl=False)
+        return
+    output.write_text(rendered)
+    err_console.print(f"wrote {len(topics)} KafkaTopic resources to {output}")

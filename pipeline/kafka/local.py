@@ -11,9 +11,16 @@ lives under ``<home>``::
     data/              the log dir (formatted once ``meta.properties`` exists)
     logs/              server.log (log4j) and stdout.log (the JVM's own output)
     kafka.pid          the running broker's pid, which is also its process group
+    scram-users        the SCRAM user names the storage was formatted with (no passwords)
+
+``up(scram_users=...)`` opts into a second, authenticated listener (SASL_PLAINTEXT with
+SCRAM-SHA-512, on :attr:`LocalKafka.sasl_port`) beside the PLAINTEXT one. KRaft has no
+ZooKeeper to store credentials in before the broker runs, so the users are written into the
+metadata log when the storage is formatted (``StorageTool format --add-scram``).
 
 The renderers (:func:`render_pom`, :func:`render_server_properties`,
-:func:`render_log4j2_properties`) are pure, so they are tested without Java.
+:func:`render_log4j2_properties`, :func:`render_scram_credential`) are pure, so they are
+tested without Java.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -50,6 +57,7 @@ __all__ = [
     "new_cluster_id",
     "render_log4j2_properties",
     "render_pom",
+    "render_scram_credential",
     "render_server_properties",
 ]
 
@@ -62,6 +70,9 @@ STOP_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.25
 LOG_TAIL_LINES = 30
 COMPLETE_MARKER = ".complete"
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+# StorageTool reads `MECHANISM=[name=...,password=...]` by splitting on these characters.
+SCRAM_FORBIDDEN_CHARACTERS = frozenset(',=[]"')
 JAVA_HINT = "a Java 17+ runtime (e.g. `apt-get install openjdk-17-jre-headless`)"
 MAVEN_HINT = "Apache Maven (e.g. `apt-get install maven`)"
 T = TypeVar("T")
@@ -117,17 +128,37 @@ def _property_value(value: object) -> str:
     return str(value).replace("\\", "\\\\")
 
 
-def render_server_properties(*, port: int, controller_port: int, data_dir: Path) -> str:
-    """Return server.properties for one node that is both broker and KRaft controller."""
+def render_server_properties(
+    *, port: int, controller_port: int, data_dir: Path, sasl_port: int | None = None
+) -> str:
+    """Return server.properties for one node that is both broker and KRaft controller;
+    with ``sasl_port``, also a SASL_PLAINTEXT listener that accepts SCRAM-SHA-512 only."""
+    client_listeners = {"PLAINTEXT": port}
+    if sasl_port is not None:
+        client_listeners["SASL_PLAINTEXT"] = sasl_port
+    advertised = ",".join(f"{name}://{HOST}:{p}" for name, p in client_listeners.items())
+    protocols = ",".join(f"{name}:{name}" for name in client_listeners)
     entries: dict[str, object] = {
         "process.roles": "broker,controller",
         "node.id": 1,
         "controller.quorum.bootstrap.servers": f"{HOST}:{controller_port}",
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "listeners": f"{advertised},CONTROLLER://{HOST}:{controller_port}",
+        "advertised.listeners": advertised,
         "controller.listener.names": "CONTROLLER",
+        # Brokers and the controller keep talking PLAINTEXT: only clients authenticate.
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": f"{protocols},CONTROLLER:PLAINTEXT",
+    }
+    if sasl_port is not None:
+        entries |= {
+            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+            # The broker side of SCRAM needs no credentials of its own: it checks clients
+            # against the users stored in the metadata log.
+            f"listener.name.sasl_plaintext.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": (
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            ),
+        }
+    entries |= {
         "log.dirs": data_dir,
         # The defaults ask for 3 replicas of the internal topics; on one node the group
         # and transaction coordinators would then never start.
@@ -149,6 +180,19 @@ def render_server_properties(*, port: int, controller_port: int, data_dir: Path)
         "broker.session.timeout.ms": 4000,
     }
     return "".join(f"{key}={_property_value(value)}\n" for key, value in entries.items())
+
+
+def render_scram_credential(username: str, password: str) -> str:
+    """Return one ``--add-scram`` argument of ``StorageTool format`` for a SCRAM-SHA-512 user."""
+    for what, value in (("user name", username), ("password", password)):
+        # Refused here, never echoed: StorageTool would misparse the value, and its error
+        # message would print it.
+        if not value or SCRAM_FORBIDDEN_CHARACTERS.intersection(value):
+            raise LocalKafkaError(
+                f"a SCRAM {what} must be non-empty and contain none of "
+                f"{''.join(sorted(SCRAM_FORBIDDEN_CHARACTERS))}"
+            )
+    return f"{SCRAM_MECHANISM}=[name={username},password={password}]"
 
 
 def render_log4j2_properties(log_file: Path) -> str:
@@ -264,12 +308,19 @@ def _require_tool(name: str, install_hint: str) -> str:
 
 
 class LocalKafka:
-    """Fetches, starts and stops one local Kafka broker described by :class:`LocalKafkaSettings`."""
+    """Fetches, starts and stops one local Kafka broker described by :class:`LocalKafkaSettings`.
 
-    def __init__(self, settings: LocalKafkaSettings) -> None:
+    ``sasl_port`` is where the opt-in SCRAM listener of ``up(scram_users=...)`` listens
+    (default: the PLAINTEXT port + 2, i.e. 9094 beside 9092 and the controller's 9093).
+    """
+
+    def __init__(self, settings: LocalKafkaSettings, *, sasl_port: int | None = None) -> None:
         self._settings = settings
         self._home = settings.home.expanduser().resolve()
+        self._sasl_port = settings.port + 2 if sasl_port is None else sasl_port
         self._process: subprocess.Popen[bytes] | None = None
+        # Remembered so that restart() brings the same listeners back.
+        self._scram_users: dict[str, str] | None = None
 
     @property
     def home(self) -> Path:
@@ -280,6 +331,16 @@ class LocalKafka:
     def bootstrap(self) -> str:
         """The PLAINTEXT bootstrap address clients use."""
         return f"{HOST}:{self._settings.port}"
+
+    @property
+    def sasl_port(self) -> int:
+        """The port of the SASL_PLAINTEXT (SCRAM-SHA-512) listener, when it is enabled."""
+        return self._sasl_port
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """The SASL_PLAINTEXT bootstrap address, served after ``up(scram_users=...)``."""
+        return f"{HOST}:{self._sasl_port}"
 
     @property
     def log_path(self) -> Path:
@@ -294,6 +355,10 @@ class LocalKafka:
     @property
     def _pid_file(self) -> Path:
         return self._home / "kafka.pid"
+
+    @property
+    def _scram_users_file(self) -> Path:
+        return self._home / "scram-users"
 
     @property
     def _config_dir(self) -> Path:
@@ -364,18 +429,28 @@ class LocalKafka:
         pid = self._running_pid()
         return LocalKafkaStatus(pid is not None, pid, self.bootstrap, self.log_path, self._home)
 
-    def up(self) -> str:
-        """Start the broker unless it already runs; return its bootstrap address once it serves."""
+    def up(self, *, scram_users: Mapping[str, str] | None = None) -> str:
+        """Start the broker unless it already runs; return its PLAINTEXT bootstrap address
+        once it serves.
+
+        ``scram_users`` (name -> password) also opens a SASL_PLAINTEXT listener on
+        :attr:`sasl_bootstrap` accepting exactly these SCRAM-SHA-512 users. They are stored
+        when the storage is formatted, so a home formatted with other users is refused.
+        """
+        credentials = self._scram_credentials(scram_users)
         with self._exclusive():
             pid = self._running_pid()
             if pid is not None:
+                self._refuse_other_listeners(scram_users)
                 self._wait_until_serving(pid)
+                self._scram_users = dict(scram_users) if scram_users is not None else None
                 return self.bootstrap
-            self._refuse_taken_ports()
+            self._refuse_taken_ports(sasl=scram_users is not None)
             libs = self._ensure_jars()
             started_at = time.monotonic()
-            self._write_config()
-            self._format_storage(libs)
+            self._write_config(sasl=scram_users is not None)
+            self._format_storage(libs, credentials, sorted(scram_users or ()))
+            self._scram_users = dict(scram_users) if scram_users is not None else None
             pid = self._start(libs)
             try:
                 self._wait_until_serving(pid)
@@ -390,23 +465,68 @@ class LocalKafka:
             )
             return self.bootstrap
 
-    def _refuse_taken_ports(self) -> None:
+    def _scram_credentials(self, scram_users: Mapping[str, str] | None) -> list[str]:
+        """The ``--add-scram`` arguments, checked before anything starts."""
+        if scram_users is None:
+            return []
+        if not scram_users:
+            raise LocalKafkaError("a SCRAM listener needs at least one user")
+        ports = {self._settings.port, self._settings.controller_port, self._sasl_port}
+        if len(ports) != 3:
+            raise LocalKafkaError(
+                f"the SASL port {self._sasl_port} collides with port {self._settings.port} "
+                f"or controller port {self._settings.controller_port}"
+            )
+        return [render_scram_credential(name, password) for name, password in scram_users.items()]
+
+    def _refuse_other_listeners(self, scram_users: Mapping[str, str] | None) -> None:
+        # A running broker keeps its listeners and users: asking for others needs a restart.
+        if scram_users is None:
+            return
+        try:
+            running_config = (self._config_dir / "server.properties").read_text()
+        except FileNotFoundError:
+            running_config = ""
+        if f"SASL_PLAINTEXT://{self.sasl_bootstrap}" not in running_config:
+            raise LocalKafkaError(
+                f"the broker in {self._home} already runs without the SASL listener on "
+                f"{self.sasl_bootstrap}; stop it first (down()) to start it with SCRAM users"
+            )
+        self._refuse_other_scram_users(sorted(scram_users))
+
+    def _refuse_other_scram_users(self, names: list[str]) -> None:
+        try:
+            formatted_with = self._scram_users_file.read_text().split()
+        except FileNotFoundError:
+            formatted_with = []
+        if formatted_with != names:
+            raise LocalKafkaError(
+                f"the storage in {self._data_dir} holds SCRAM users {formatted_with}, not "
+                f"{names}; users are only added when it is formatted: remove that folder "
+                "(or use another home) to start afresh"
+            )
+
+    def _refuse_taken_ports(self, *, sasl: bool) -> None:
         # A foreign listener would make the JVM die on bind, or worse, answer our probe.
-        ports = (self._settings.port, self._settings.controller_port)
+        ports = [self._settings.port, self._settings.controller_port]
+        if sasl:
+            ports.append(self._sasl_port)
         taken = [str(port) for port in ports if _port_accepts(port)]
         if taken:
             raise LocalKafkaError(
                 f"{HOST} port(s) {', '.join(taken)} are taken by a process this LocalKafka "
                 "did not start; stop it or set PIPELINE_LOCAL_KAFKA_PORT / _CONTROLLER_PORT"
+                + (" / the SASL port" if sasl else "")
             )
 
-    def _write_config(self) -> None:
+    def _write_config(self, *, sasl: bool) -> None:
         self._config_dir.mkdir(parents=True, exist_ok=True)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         server_properties = render_server_properties(
             port=self._settings.port,
             controller_port=self._settings.controller_port,
             data_dir=self._data_dir,
+            sasl_port=self._sasl_port if sasl else None,
         )
         (self._config_dir / "server.properties").write_text(server_properties)
         (self._config_dir / "log4j2.properties").write_text(render_log4j2_properties(self.log_path))
@@ -422,8 +542,10 @@ class LocalKafka:
             *args,
         ]
 
-    def _format_storage(self, libs: Path) -> None:
+    def _format_storage(self, libs: Path, scram_credentials: list[str], names: list[str]) -> None:
         if (self._data_dir / "meta.properties").exists():
+            if names:
+                self._refuse_other_scram_users(names)
             return
         server_properties = str(self._config_dir / "server.properties")
         # --standalone makes this node the single voter of the controller quorum.
@@ -437,11 +559,16 @@ class LocalKafka:
             "-c",
             server_properties,
         )
+        for credential in scram_credentials:
+            # KRaft stores SCRAM users in the metadata log; this is how the first ones get
+            # there before any client could authenticate to create them.
+            command += ["--add-scram", credential]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0:
             raise LocalKafkaError(
                 f"formatting {self._data_dir} failed:\n{result.stdout}{result.stderr}"
             )
+        self._scram_users_file.write_text("".join(f"{name}\n" for name in names))
         logger.info("formatted Kafka storage in %s", self._data_dir)
 
     def _start(self, libs: Path) -> int:
@@ -512,9 +639,10 @@ class LocalKafka:
         return pid is not None
 
     def restart(self) -> str:
-        """Stop the broker and start it again on the same data; return its bootstrap address."""
+        """Stop the broker and start it again on the same data and listeners; return its
+        bootstrap address."""
         self.down()
-        return self.up()
+        return self.up(scram_users=self._scram_users)
 
     def _signal_group(self, pid: int, sig: signal.Signals) -> None:
         # The pid is the group id (start_new_session), so any helper the JVM forked goes too.

@@ -24,7 +24,8 @@ from pipeline.failures.provenance import Headers
 
 log = logging.getLogger(__name__)
 
-Delivered = Callable[["asyncio.Future[Any]"], None]
+Delivered = Callable[[list[Any], "asyncio.Future[Any]"], None]
+"""Called once per batch with the receipts of its records and the delivery future."""
 
 
 def partition_for(key: bytes | None, partitions: int) -> int:
@@ -34,14 +35,36 @@ def partition_for(key: bytes | None, partitions: int) -> int:
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
+class PartitionCache:
+    """Remembers each key's partition: aiokafka's murmur2 is pure Python, and a key
+    (an order) passes by several times. Bounded: cleared when it grows too large."""
+
+    __slots__ = ("_by_key", "_limit", "partitions")
+
+    def __init__(self, partitions: int, limit: int = 200_000) -> None:
+        self.partitions = partitions
+        self._limit = limit
+        self._by_key: dict[bytes, int] = {}
+
+    def __call__(self, key: bytes | None) -> int:
+        if key is None:
+            return random.randrange(self.partitions)
+        partition = self._by_key.get(key)
+        if partition is None:
+            if len(self._by_key) >= self._limit:
+                self._by_key.clear()
+            partition = self._by_key[key] = partition_for(key, self.partitions)
+        return partition
+
+
 class _OpenBatch:
-    __slots__ = ("builder", "callbacks", "partition", "topic")
+    __slots__ = ("builder", "partition", "receipts", "topic")
 
     def __init__(self, builder: Any, topic: str, partition: int) -> None:
         self.builder = builder
         self.topic = topic
         self.partition = partition
-        self.callbacks: list[Delivered] = []
+        self.receipts: list[Any] = []
 
 
 class BatchingSink:
@@ -49,7 +72,9 @@ class BatchingSink:
 
     def __init__(self, producer: AIOKafkaProducer, partition_counts: dict[str, int]) -> None:
         self._producer = producer
-        self._partition_counts = partition_counts
+        self._partitioners = {
+            topic: PartitionCache(count) for topic, count in partition_counts.items()
+        }
         self._open: dict[tuple[str, int], _OpenBatch] = {}
         self._sealed: deque[_OpenBatch] = deque()
         self._wake = asyncio.Event()
@@ -57,6 +82,11 @@ class BatchingSink:
         self._seal_scheduled = False
         self._flusher: asyncio.Task[None] | None = None
         self.on_error: Callable[[BaseException], None] | None = None
+        self._on_delivered: Delivered | None = None
+
+    def bind(self, on_delivered: Delivered) -> None:
+        """Who hears about deliveries (the engine)."""
+        self._on_delivered = on_delivered
 
     def start(self) -> None:
         """Start the flusher task."""
@@ -78,10 +108,10 @@ class BatchingSink:
         key: bytes | None,
         value: bytes,
         headers: Headers,
-        on_delivered: Delivered,
+        receipt: Any,
     ) -> None:
-        """Queue one record; ``on_delivered`` gets its batch's delivery future."""
-        partition = partition_for(key, self._partition_counts[topic])
+        """Queue one record; its ``receipt`` comes back when its batch is delivered."""
+        partition = self._partitioners[topic](key)
         slot = (topic, partition)
         batch = self._open.get(slot)
         if batch is None:
@@ -90,7 +120,7 @@ class BatchingSink:
             self._seal(slot)  # full: it goes first, this record opens the next one
             batch = self._open[slot] = _OpenBatch(self._producer.create_batch(), topic, partition)
             batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
-        batch.callbacks.append(on_delivered)
+        batch.receipts.append(receipt)
         if not self._seal_scheduled:
             self._seal_scheduled = True
             asyncio.get_running_loop().call_soon(self._seal_all)
@@ -122,12 +152,8 @@ class BatchingSink:
                         self.on_error(exc)
                     return
                 sealed.popleft()
-                delivery.add_done_callback(partial(_notify_all, batch.callbacks))
+                if self._on_delivered is not None:
+                    delivery.add_done_callback(partial(self._on_delivered, batch.receipts))
             self._idle.set()
             self._wake.clear()
             await self._wake.wait()
-
-
-def _notify_all(callbacks: list[Delivered], delivery: asyncio.Future[Any]) -> None:
-    for callback in callbacks:
-        callback(delivery)

@@ -47,16 +47,15 @@ Lane = tuple[int, bytes | None]
 class RecordSink(Protocol):
     """Where a stage's output records go (batches for the producer, or a test double)."""
 
+    def bind(self, on_delivered: Callable[[list[Any], asyncio.Future[Any]], None]) -> None:
+        """Register the callback that receives delivered records' receipts."""
+        ...
+
     def append(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: Headers,
-        on_delivered: Callable[[asyncio.Future[Any]], None],
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers, receipt: Any
     ) -> None:
-        """Queue a record in order; ``on_delivered`` gets a future that resolves when the
-        broker has it."""
+        """Queue a record in order; its ``receipt`` is handed back, with the delivery
+        future, once the broker has it."""
         ...
 
 
@@ -75,10 +74,11 @@ class StageFailed(PipelineError):
 class _Partition:
     """One assigned partition's offsets; replaced when the partition is assigned again."""
 
-    __slots__ = ("offsets", "tp")
+    __slots__ = ("key", "offsets", "tp")
 
     def __init__(self, tp: TopicPartition) -> None:
         self.tp = tp
+        self.key = (tp.topic, tp.partition)
         self.offsets = PartitionOffsets()
 
 
@@ -101,6 +101,7 @@ class StageEngine:
         self.services = services
         self._settings = settings
         self._sink = sink
+        sink.bind(self._delivered)
         self._observer = observer
         self._decode = spec.decoder()
         self._handler = spec.handler
@@ -341,27 +342,27 @@ class StageEngine:
         acknowledges it. The sink keeps per-partition order, so the next record of the key
         may start right away."""
         try:
-            self._sink.append(
-                topic,
-                record.key,
-                value,
-                headers,
-                partial(self._delivered, record.offset, partition),
-            )
+            self._sink.append(topic, record.key, value, headers, (partition, record.offset))
         except Exception as exc:
             self.fail(exc)
             return False
         return True
 
-    def _delivered(self, offset: int, partition: _Partition, delivery: asyncio.Future[Any]) -> None:
+    def _delivered(
+        self, receipts: list[tuple[_Partition, int]], delivery: asyncio.Future[Any]
+    ) -> None:
         if delivery.cancelled() or delivery.exception() is not None:
             # The producer gave up after its own retries: stop without committing past it.
             self.fail(delivery.exception() or asyncio.CancelledError())
             return
-        if self._partitions.get((partition.tp.topic, partition.tp.partition)) is not partition:
-            return  # abandoned on revoke; already uncounted
-        partition.offsets.finish(offset)
-        self._in_flight -= 1
+        partitions = self._partitions
+        finished = 0
+        for partition, offset in receipts:
+            if partitions.get(partition.key) is not partition:
+                continue  # abandoned on revoke; already uncounted
+            partition.offsets.finish(offset)
+            finished += 1
+        self._in_flight -= finished
         self._observer.finished(self._in_flight)
         if self._in_flight < self._max_in_flight:
             self._capacity.set()

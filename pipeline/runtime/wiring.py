@@ -121,6 +121,7 @@ class StageRuntime:
             session_timeout_ms=settings.session_timeout_ms,
             heartbeat_interval_ms=min(3_000, settings.session_timeout_ms // 3),
             title=f"{source}:{spec.name}",
+            decoder=_records_undecoded,
             description=spec.description,
         )
 
@@ -158,6 +159,8 @@ class StageRuntime:
         self._batches = BatchingSink(self._producer, counts)
         self._batches.on_error = self.engine.fail
         self._batches.start()
+        if self._deferred.on_delivered is not None:
+            self._batches.bind(self._deferred.on_delivered)
         self._deferred.target = self._batches
 
     async def stop(self) -> None:
@@ -186,20 +189,27 @@ class StageRuntime:
         return "assigned" if assigned else "idle"
 
 
+async def _records_undecoded(message: Any) -> None:
+    """The engine decodes each record itself: skip FastStream's per-record decoding of the
+    batch (it builds a full message object, with a fresh UUID, for every record)."""
+    return
+
+
 class _DeferredSink:
     """Forwards to the batching sink once the stage's producer has started."""
 
-    target: RecordSink | None = None
+    def __init__(self) -> None:
+        self.target: RecordSink | None = None
+        self.on_delivered: Callable[[list[Any], asyncio.Future[Any]], None] | None = None
+
+    def bind(self, on_delivered: Callable[[list[Any], asyncio.Future[Any]], None]) -> None:
+        """Remember the engine's callback for the real sink."""
+        self.on_delivered = on_delivered
 
     def append(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes,
-        headers: Headers,
-        on_delivered: Callable[[asyncio.Future[Any]], None],
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers, receipt: Any
     ) -> None:
         """Queue a record on the started producer's batches."""
         if self.target is None:
             raise RuntimeError("the stage's producer is not started")
-        self.target.append(topic, key, value, headers, on_delivered)
+        self.target.append(topic, key, value, headers, receipt)

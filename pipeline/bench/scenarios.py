@@ -1,0 +1,131 @@
+"""The benchmark scenarios (cpu, io, burst) and their report."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.bench.runner import RunResult, run_chain
+from pipeline.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class BenchSizes:
+    """How many events each implementation moves per scenario."""
+
+    cpu_events: int = 200_000
+    faststream_cpu_events: int = 10_000
+    io_events: int = 100_000
+    faststream_io_events: int = 3_000
+    keys: int = 1_000
+    io_delay_ms: float = 5.0
+    burst_factor: int = 10
+
+
+def _summary(
+    pipeline: RunResult, raw: RunResult | None, faststream: RunResult | None
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        "pipeline_eps": round(pipeline.eps, 1),
+        "p50_ms": round(pipeline.p50_ms, 1),
+        "p99_ms": round(pipeline.p99_ms, 1),
+        "rss_mb": round(max(pipeline.rss_mb_per_hop), 1),
+        "cpu_s_per_1k_events_per_hop": round(
+            1000 * sum(pipeline.cpu_s_per_hop) / len(pipeline.cpu_s_per_hop) / pipeline.events, 3
+        ),
+        "order_violations": pipeline.order_violations,
+        "runs": [run.as_dict() for run in (pipeline, raw, faststream) if run is not None],
+    }
+    if raw is not None:
+        summary["raw_eps"] = round(raw.eps, 1)
+        summary["vs_raw"] = round(pipeline.eps / raw.eps, 3)
+    if faststream is not None:
+        summary["faststream_eps"] = round(faststream.eps, 1)
+        summary["vs_faststream"] = round(pipeline.eps / faststream.eps, 1)
+        summary["order_violations"] += faststream.order_violations
+    return summary
+
+
+async def run_scenarios(
+    settings: Settings,
+    names: list[str],
+    sizes: BenchSizes,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Run the named scenarios one after another on the same broker."""
+    results: dict[str, Any] = {}
+    cpu_eps: float | None = None
+    for name in names:
+        if name == "cpu":
+            say("cpu: raw aiokafka")
+            raw = await run_chain(settings, "raw", events=sizes.cpu_events, keys=sizes.keys)
+            say("cpu: pipeline")
+            pipe = await run_chain(settings, "pipeline", events=sizes.cpu_events, keys=sizes.keys)
+            say("cpu: plain FastStream")
+            fast = await run_chain(
+                settings, "faststream", events=sizes.faststream_cpu_events, keys=sizes.keys
+            )
+            results["cpu"] = _summary(pipe, raw, fast)
+            cpu_eps = pipe.eps
+        elif name == "io":
+            delay = sizes.io_delay_ms
+            say(f"io: pipeline, {delay} ms per handler")
+            pipe = await run_chain(
+                settings, "pipeline", events=sizes.io_events, keys=sizes.keys, delay_ms=delay
+            )
+            say(f"io: plain FastStream, {delay} ms per handler")
+            fast = await run_chain(
+                settings,
+                "faststream",
+                events=sizes.faststream_io_events,
+                keys=sizes.keys,
+                delay_ms=delay,
+            )
+            results["io"] = _summary(pipe, None, fast)
+            if cpu_eps:
+                results["io"]["vs_own_cpu"] = round(pipe.eps / cpu_eps, 3)
+        elif name == "burst":
+            backlog = sizes.burst_factor * settings.stage.max_in_flight
+            say(f"burst: pipeline drains a backlog of {backlog} events")
+            pipe = await run_chain(
+                settings, "pipeline", events=backlog, keys=sizes.keys, backlog=True
+            )
+            results["burst"] = _summary(pipe, None, None)
+            results["burst"]["backlog_events"] = backlog
+        else:
+            raise ValueError(f"unknown scenario {name!r}")
+    results["machine"] = {
+        "python": platform.python_version(),
+        "cpus": _cpu_count(),
+        "platform": platform.platform(),
+    }
+    return results
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def markdown_table(results: dict[str, Any]) -> str:
+    """The results as a Markdown table."""
+    lines = [
+        "| scenario | implementation | events | events/s | p50 ms | p99 ms | "
+        "CPU s per hop | peak RSS MB per hop | order violations |",
+        "|---|---|---:|---:|---:|---:|---|---|---:|",
+    ]
+    for scenario, summary in results.items():
+        if scenario == "machine":
+            continue
+        for run in summary["runs"]:
+            lines.append(
+                f"| {scenario} | {run['implementation']} | {run['events']:,} | "
+                f"{run['eps']:,.0f} | {run['p50_ms']:,.0f} | {run['p99_ms']:,.0f} | "
+                f"{', '.join(f'{c:.1f}' for c in run['cpu_s_per_hop'])} | "
+                f"{', '.join(f'{r:.0f}' for r in run['rss_mb_per_hop'])} | "
+                f"{run['order_violations']} |"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""``pipeline bench``: the stage engine against raw aiokafka and plain FastStream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from pipeline.bench.scenarios import BenchSizes, markdown_table, run_scenarios
+from pipeline.broker import ensure_broker
+from pipeline.settings import load_settings
+
+console = Console()
+
+
+def bench(
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
+    scenario: Annotated[
+        list[str] | None, typer.Option(help="cpu, io, burst (repeatable; default all).")
+    ] = None,
+    events: Annotated[int, typer.Option(help="Events for cpu (io: half).")] = 200_000,
+) -> None:
+    """Run the benchmark scenarios on the configured (or local) broker."""
+    settings = load_settings()
+    sizes = BenchSizes(cpu_events=events, io_events=events // 2)
+    names = scenario or ["cpu", "io", "burst"]
+
+    async def run() -> dict[str, Any]:
+        await ensure_broker(settings)
+        return await run_scenarios(settings, names, sizes, console.print)
+
+    results = asyncio.run(run())
+    console.print(markdown_table(results))
+    for name, summary in results.items():
+        if name != "machine":
+            keys = (
+                "pipeline_eps",
+                "raw_eps",
+                "faststream_eps",
+                "vs_raw",
+                "vs_faststream",
+                "vs_own_cpu",
+                "p99_ms",
+                "rss_mb",
+                "order_violations",
+            )
+            console.print(name, {k: summary[k] for k in keys if k in summary})
+    if json_path is not None:
+        json_path.write_text(json.dumps(results, indent=2))
+        console.print(f"results written to {json_path}")
