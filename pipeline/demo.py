@@ -59,7 +59,11 @@ async def run_demo(
         )
         say("produced; waiting for the pipeline to drain")
         await wait_until_drained(
-            settings.kafka, STAGE_NAMES, naming=naming, timeout_s=drain_timeout_s
+            settings.kafka,
+            STAGE_NAMES,
+            naming=naming,
+            retry_levels=settings.topics.retry_levels,
+            timeout_s=drain_timeout_s,
         )
         seconds = time.perf_counter() - started
     finally:

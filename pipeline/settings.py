@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -58,6 +58,7 @@ class TopologySettings(BaseSettings):
 
     prefix: str = Field(default="", description="Prepended to every topic and group id.")
     partitions: int = Field(default=12, ge=1)
+    retry_levels: int = Field(default=3, ge=0, description="Retry topics per stage.")
     replication_factor: int = Field(default=1, ge=1)
     retention_ms: int = 7 * 24 * 3600 * 1000
     dlq_retention_ms: int = 30 * 24 * 3600 * 1000
@@ -79,6 +80,10 @@ class StageSettings(BaseSettings):
     producer_linger_ms: int = 5
     producer_max_batch_bytes: int = 512 * 1024
     dedupe_window: int = Field(default=100_000, ge=0)
+    in_process_attempts: int = Field(default=3, ge=1)
+    retry_delays_s: list[float] = Field(default_factory=lambda: [1.0, 10.0, 60.0])
+    ordering: Literal["key", "none"] = "key"
+    on_dead_letter: Literal["release", "divert"] = "release"
     processing_guarantee: ProcessingGuarantee = ProcessingGuarantee.AT_LEAST_ONCE
 
 
@@ -113,6 +118,15 @@ class Settings(BaseModel):
     stage: StageSettings = Field(default_factory=StageSettings)
     services: ServiceSettings = Field(default_factory=ServiceSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+
+    @model_validator(mode="after")
+    def _one_delay_per_retry_topic(self) -> Settings:
+        if len(self.stage.retry_delays_s) != self.topics.retry_levels:
+            raise ValueError(
+                f"PIPELINE_STAGE_RETRY_DELAYS_S has {len(self.stage.retry_delays_s)} delays "
+                f"but PIPELINE_TOPICS_RETRY_LEVELS is {self.topics.retry_levels}"
+            )
+        return self
 
 
 def load_settings() -> Settings:

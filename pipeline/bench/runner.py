@@ -19,7 +19,13 @@ from aiokafka import AIOKafkaProducer
 
 from pipeline.bench.model import HOPS, PAYLOAD, hop_topic
 from pipeline.kafka.admin import apply_topics, delete_topics
-from pipeline.kafka.topology import Naming, TopicSpec, dead_letter_topic
+from pipeline.kafka.topology import (
+    Naming,
+    TopicSpec,
+    dead_letter_topic,
+    holds_topic,
+    retry_topic,
+)
 from pipeline.settings import Settings
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -144,9 +150,11 @@ async def run_chain(
         update={"topics": settings.topics.model_copy(update={"prefix": prefix})}
     )
     naming = Naming.of(run_settings.topics)
-    names = [hop_topic(i) for i in range(HOPS + 1)] + [
-        dead_letter_topic(f"hop{i}") for i in range(HOPS)
-    ]
+    names = [hop_topic(i) for i in range(HOPS + 1)]
+    for hop in range(HOPS):
+        stage = f"hop{hop}"
+        names += [dead_letter_topic(stage), holds_topic(stage)]
+        names += [retry_topic(stage, n) for n in range(1, len(settings.stage.retry_delays_s) + 1)]
     topics = [TopicSpec(naming.topic(name), settings.topics.partitions, 1) for name in names]
     await apply_topics(settings.kafka, topics)
     env = {

@@ -29,20 +29,27 @@ async def end_offsets(settings: KafkaSettings, topics: Sequence[str]) -> dict[To
 
 
 async def stage_lag(
-    settings: KafkaSettings, stages: Sequence[str], naming: Naming | None = None
+    settings: KafkaSettings,
+    stages: Sequence[str],
+    naming: Naming | None = None,
+    retry_levels: int = 3,
 ) -> dict[str, int]:
-    """Per stage: records of its input topic not yet committed by its group."""
+    """Per stage: records of its input and retry topics not yet committed by its group."""
     naming = naming or Naming()
-    ends = await end_offsets(settings, [naming.source(s) for s in stages])
+    consumed = {
+        stage: [naming.source(stage)]
+        + [naming.retry(stage, level) for level in range(1, retry_levels + 1)]
+        for stage in stages
+    }
+    ends = await end_offsets(settings, [topic for topics in consumed.values() for topic in topics])
     lag: dict[str, int] = {}
     async with admin_client(settings) as admin:
         for stage in stages:
-            topic = naming.source(stage)
             committed = await admin.list_consumer_group_offsets(naming.group(stage))
             lag[stage] = sum(
                 end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
                 for tp, end in ends.items()
-                if tp.topic == topic
+                if tp.topic in consumed[stage]
             )
     return lag
 
@@ -52,6 +59,7 @@ async def wait_until_drained(
     stages: Sequence[str],
     *,
     naming: Naming | None = None,
+    retry_levels: int = 3,
     timeout_s: float,
     poll_s: float = 0.5,
 ) -> dict[str, int]:
@@ -61,7 +69,7 @@ async def wait_until_drained(
     clean_checks = 0
     lag: dict[str, int] = {}
     while time.monotonic() < deadline:
-        lag = await stage_lag(settings, stages, naming)
+        lag = await stage_lag(settings, stages, naming, retry_levels)
         clean_checks = clean_checks + 1 if not any(lag.values()) else 0
         if clean_checks >= 2:
             return lag

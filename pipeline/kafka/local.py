@@ -443,7 +443,8 @@ class LocalKafka:
             if pid is not None:
                 self._refuse_other_listeners(scram_users)
                 self._wait_until_serving(pid)
-                self._scram_users = dict(scram_users) if scram_users is not None else None
+                if scram_users is not None:
+                    self._scram_users = dict(scram_users)
                 return self.bootstrap
             self._refuse_taken_ports(sasl=scram_users is not None)
             libs = self._ensure_jars()

@@ -33,6 +33,16 @@ def dead_letter_topic(stage: str) -> str:
     return f"{stage}.dlq"
 
 
+def retry_topic(stage: str, level: int) -> str:
+    """Name of the stage's retry topic for ``level`` (1-based)."""
+    return f"{stage}.retry.{level}"
+
+
+def holds_topic(stage: str) -> str:
+    """The stage's compacted journal of keys waiting behind a record on the ladder."""
+    return f"{stage}.holds"
+
+
 def dead_letter_topics() -> list[str]:
     """Every stage's dead-letter topic, in flow order."""
     return [dead_letter_topic(stage) for stage in STAGE_NAMES]
@@ -66,6 +76,14 @@ class Naming:
         """The stage's dead-letter topic."""
         return self.topic(dead_letter_topic(stage))
 
+    def retry(self, stage: str, level: int) -> str:
+        """The stage's retry topic for ``level``."""
+        return self.topic(retry_topic(stage, level))
+
+    def holds(self, stage: str) -> str:
+        """The stage's holds journal."""
+        return self.topic(holds_topic(stage))
+
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
@@ -91,6 +109,23 @@ def pipeline_topics(settings: TopologySettings) -> list[TopicSpec]:
         )
 
     flow = [ORDERS_EVENTS, ORDERS_VALIDATED, ORDERS_RESERVED, ORDERS_PAID, ORDERS_FULFILLED]
-    return [topic(name, settings.retention_ms) for name in flow] + [
-        topic(name, settings.dlq_retention_ms) for name in dead_letter_topics()
+    ladder = [
+        topic(retry_topic(stage, level), settings.retention_ms)
+        for stage in STAGE_NAMES
+        for level in range(1, settings.retry_levels + 1)
     ]
+    holds = [
+        TopicSpec(
+            name=naming.topic(holds_topic(stage)),
+            partitions=settings.partitions,
+            replication_factor=settings.replication_factor,
+            config={"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
+        )
+        for stage in STAGE_NAMES
+    ]
+    return (
+        [topic(name, settings.retention_ms) for name in flow]
+        + ladder
+        + holds
+        + [topic(name, settings.dlq_retention_ms) for name in dead_letter_topics()]
+    )

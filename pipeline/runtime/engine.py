@@ -29,6 +29,8 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from pipeline.errors import PipelineError, UndecodableRecord
 from pipeline.failures.classify import Verdict
+from pipeline.failures.holds import Hold, encode_hold, load_holds
+from pipeline.failures.ladder import Ladder, rung_headers, rung_of
 from pipeline.failures.provenance import HEADER_PREFIX, Failure, Headers, failure_headers, now
 from pipeline.kafka.topology import Naming
 from pipeline.runtime.eager import Pending, step
@@ -67,6 +69,33 @@ class OffsetCommitter(Protocol):
         ...
 
 
+class ConsumerControl(Protocol):
+    """Flow control on the stage's consumer, for waiting out retry delays."""
+
+    def pause(self, partition: TopicPartition) -> None:
+        """Stop fetching ``partition``."""
+        ...
+
+    def resume(self, partition: TopicPartition) -> None:
+        """Fetch ``partition`` again (ignored when it is no longer assigned)."""
+        ...
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        """Fetch ``partition`` from ``offset`` next."""
+        ...
+
+
+class _Joint:
+    """A receipt shared by several output records: the input finishes with the last."""
+
+    __slots__ = ("offset", "partition", "remaining")
+
+    def __init__(self, partition: _Partition, offset: int, remaining: int) -> None:
+        self.partition = partition
+        self.offset = offset
+        self.remaining = remaining
+
+
 class StageFailed(PipelineError):
     """The stage cannot go on (its producer failed or a record demanded a stop)."""
 
@@ -98,6 +127,16 @@ class StageEngine:
         naming = naming or Naming()
         self._sink_topic = naming.topic(spec.sink)
         self._dead_letter_topic = naming.topic(spec.dead_letter_topic)
+        self._ladder = Ladder(tuple(settings.retry_delays_s))
+        self.source_topic = naming.topic(spec.source)
+        self.retry_topics = [naming.retry(spec.name, n) for n in range(1, self._ladder.levels + 1)]
+        self.holds_topic = naming.holds(spec.name)
+        self._levels = {topic: n for n, topic in enumerate([self.source_topic, *self.retry_topics])}
+        self._ordered = settings.ordering == "key"
+        self._holds: dict[Lane, Hold] = {}
+        self._resume_timers: dict[TopicPartition, asyncio.TimerHandle] = {}
+        self.control: ConsumerControl | None = None
+        self.kafka_settings: Any = None
         self.services = services
         self._settings = settings
         self._sink = sink
@@ -105,7 +144,7 @@ class StageEngine:
         self._observer = observer
         self._decode = spec.decoder()
         self._handler = spec.handler
-        self._lanes: KeyLanes[Lane, ConsumerRecord] = KeyLanes()
+        self._lanes: KeyLanes[Lane, ConsumerRecord | None] = KeyLanes()
         self._partitions: dict[tuple[str, int], _Partition] = {}
         self._assigned: set[TopicPartition] | None = None
         self._max_in_flight = settings.max_in_flight
@@ -170,9 +209,18 @@ class StageEngine:
             return  # never tracked, never committed: the next owner gets them
         partitions = self._partitions
         lanes = self._lanes
+        levels = self._levels
+        waiting: set[tuple[str, int]] = set()
         taken = 0
         for record in records:
-            partition = partitions.get((record.topic, record.partition))
+            slot = (record.topic, record.partition)
+            if slot in waiting:
+                continue  # behind a record that is not due yet: fetched again on resume
+            level = levels.get(record.topic, 0)
+            if level and self._wait_until_due(record, level):
+                waiting.add(slot)
+                continue
+            partition = partitions.get(slot)
             if partition is None:
                 partition = self._open_partition(record.topic, record.partition)
                 if partition is None:
@@ -181,7 +229,11 @@ class StageEngine:
                 continue
             taken += 1
             lane = (record.partition, record.key)
-            if lanes.admit(lane, record):
+            if level and lane in self._holds:
+                # The record the lane waits for, back from the ladder: it goes first.
+                if self._process(record, partition):
+                    self._continue_lane(record, partition)
+            elif lanes.admit(lane, record):
                 self._run_lane(lane, record, partition)
         self._in_flight += taken
         self._observer.taken(taken, self._in_flight)
@@ -190,6 +242,31 @@ class StageEngine:
                 return
             self._capacity.clear()
             await self._capacity.wait()
+
+    def _wait_until_due(self, record: ConsumerRecord, level: int) -> bool:
+        """Pause a retry partition whose next record is not due yet; ``True`` if paused.
+
+        The partition is rewound to the record and resumed at its due time, so the
+        consumer neither sleeps past its poll interval nor spins.
+        """
+        due_at_ms = rung_of(record, level).due_at_ms
+        delay_s = due_at_ms / 1000 - time.time()
+        if delay_s <= 0 or self.control is None:
+            return False
+        tp = TopicPartition(record.topic, record.partition)
+        self.control.pause(tp)
+        self.control.seek(tp, record.offset)
+        previous = self._resume_timers.pop(tp, None)
+        if previous is not None:
+            previous.cancel()
+        loop = asyncio.get_running_loop()
+        self._resume_timers[tp] = loop.call_later(delay_s, self._resume, tp)
+        return True
+
+    def _resume(self, tp: TopicPartition) -> None:
+        self._resume_timers.pop(tp, None)
+        if self.control is not None and (self._assigned is None or tp in self._assigned):
+            self.control.resume(tp)
 
     def _open_partition(self, topic: str, number: int) -> _Partition | None:
         tp = TopicPartition(topic, number)
@@ -202,14 +279,24 @@ class StageEngine:
     # -- the per-record path ---------------------------------------------------------
 
     def _run_lane(self, lane: Lane, record: ConsumerRecord | None, partition: _Partition) -> None:
-        """Process the lane's records while each one completes without waiting."""
+        """Process the lane's records while each one completes without waiting.
+
+        A lane mixes records of the input and of the retry topics (same partition
+        number), so each record is matched with its own partition's state.
+        """
         lanes = self._lanes
+        partitions = self._partitions
         while record is not None:
             if not self._process(record, partition):
                 return  # continues from a callback when the record is done
-            if self._partitions.get((record.topic, record.partition)) is not partition:
+            if partitions.get(partition.key) is not partition:
                 return  # revoked meanwhile
             record = lanes.release(lane)
+            if record is not None and (record.topic, record.partition) != partition.key:
+                found = partitions.get((record.topic, record.partition))
+                if found is None:
+                    return  # its partition was revoked: the next owner has it
+                partition = found
 
     def _process(self, record: ConsumerRecord, partition: _Partition) -> bool:
         """Start one record; ``True`` when its output is already issued."""
@@ -228,7 +315,7 @@ class StageEngine:
             )
             return False
         self._observer.handled(time.perf_counter() - started, event)
-        return self._emit(record, partition, self._sink_topic, encode(result), _forwarded(record))
+        return self._succeeded(record, partition, encode(result))
 
     def _on_handler_done(
         self,
@@ -245,17 +332,20 @@ class StageEngine:
             issued = self._on_error(record, partition, event, exc, started)
         else:
             self._observer.handled(time.perf_counter() - started, event)
-            issued = self._emit(
-                record, partition, self._sink_topic, encode(task.result()), _forwarded(record)
-            )
+            issued = self._succeeded(record, partition, encode(task.result()))
         if issued:
             self._continue_lane(record, partition)
 
     def _continue_lane(self, record: ConsumerRecord, partition: _Partition) -> None:
-        if self._partitions.get((record.topic, record.partition)) is not partition:
+        if self._partitions.get(partition.key) is not partition:
             return  # the partition was revoked while this record was away
         lane = (record.partition, record.key)
-        self._run_lane(lane, self._lanes.release(lane), partition)
+        following = self._lanes.release(lane)
+        if following is None:
+            return
+        own = self._partitions.get((following.topic, following.partition))
+        if own is not None:
+            self._run_lane(lane, following, own)
 
     def _on_error(
         self,
@@ -271,17 +361,20 @@ class StageEngine:
         if verdict is Verdict.FAIL_STAGE:
             self.fail(exc)
             return False
-        if verdict is Verdict.RETRY and self.spec.in_process_attempts > 1:
+        first_try_here = record.topic == self.source_topic
+        if verdict is Verdict.RETRY and first_try_here and self._settings.in_process_attempts > 1:
             task = asyncio.ensure_future(self._retry_in_process(event, now()))
             task.add_done_callback(partial(self._on_retried, record, partition, event, started))
             return False
+        if verdict is Verdict.RETRY:
+            return self._climb(record, partition, exc, 1)
         return self._dead_letter(record, partition, exc, 1, None)
 
     async def _retry_in_process(self, event: Any, first_failure_at: Any) -> Any:
         """Further attempts with jittered exponential backoff, well inside the poll
         interval; the key's lane stays held, other keys go on."""
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.spec.in_process_attempts - 1),
+            stop=stop_after_attempt(self._settings.in_process_attempts - 1),
             wait=wait_exponential_jitter(initial=0.02, max=0.5, jitter=0.05),
             retry=retry_if_exception(lambda e: self.spec.error_policy(e) is Verdict.RETRY),
             reraise=True,
@@ -305,14 +398,12 @@ class StageEngine:
         exc = task.exception()
         if exc is None:
             self._observer.handled(time.perf_counter() - started, event)
-            issued = self._emit(
-                record, partition, self._sink_topic, encode(task.result()), _forwarded(record)
-            )
+            issued = self._succeeded(record, partition, encode(task.result()))
         elif self.spec.error_policy(exc) is Verdict.FAIL_STAGE:
             self.fail(exc)
             return
         else:
-            issued = self._dead_letter(record, partition, exc, self.spec.in_process_attempts, None)
+            issued = self._climb(record, partition, exc, self._settings.in_process_attempts)
         if issued:
             self._continue_lane(record, partition)
 
@@ -325,10 +416,87 @@ class StageEngine:
         first_failure_at: Any,
     ) -> bool:
         failed_at = now()
-        failure = Failure(exc, attempt, first_failure_at or failed_at, failed_at)
+        first = first_failure_at or _first_failure(record) or failed_at
+        failure = Failure(exc, attempt, first, failed_at)
         headers = failure_headers(record, self.spec.name, failure)
         self._observer.dead_lettered(exc)
+        lane = (record.partition, record.key)
+        if lane in self._holds:
+            # policy "release": the key's later events go on once this one is parked
+            del self._holds[lane]
+            return self._emit_journaled(
+                record, partition, self._dead_letter_topic, record.value or b"", headers, None
+            )
         return self._emit(record, partition, self._dead_letter_topic, record.value or b"", headers)
+
+    def _climb(
+        self, record: ConsumerRecord, partition: _Partition, exc: BaseException, attempts: int
+    ) -> bool:
+        """Send a record that keeps failing to the next rung of the ladder (or the
+        dead-letter topic after the last). With ``ordering="key"`` its key is held: later
+        events of the key wait until it succeeds or is dead-lettered."""
+        rung = rung_of(record, self._levels.get(record.topic, 0))
+        total_attempts = rung.attempts + attempts
+        level = self._ladder.next_level(rung.level)
+        if level is None:
+            return self._dead_letter(record, partition, exc, total_attempts, None)
+        failed_at = now()
+        first = _first_failure(record) or failed_at
+        headers = failure_headers(
+            record, self.spec.name, Failure(exc, total_attempts, first, failed_at)
+        ) + rung_headers(level, self._ladder.due_at_ms(level))
+        self._observer.retried()
+        topic = self.retry_topics[level - 1]
+        value = record.value or b""
+        if not self._ordered:
+            return self._emit(record, partition, topic, value, headers)
+        lane = (record.partition, record.key)
+        origin = dict(headers)
+        hold = Hold(
+            level=str(level),
+            head="/".join(
+                origin[name].decode()
+                for name in (
+                    "pipeline.origin.topic",
+                    "pipeline.origin.partition",
+                    "pipeline.origin.offset",
+                )
+            ),
+        )
+        self._holds[lane] = hold
+        self._emit_journaled(record, partition, topic, value, headers, hold)
+        return False  # the lane stays held until the record comes back and succeeds
+
+    def _succeeded(self, record: ConsumerRecord, partition: _Partition, value: bytes) -> bool:
+        """Queue a handler's output; a record back from the ladder releases its key."""
+        lane = (record.partition, record.key)
+        if self._holds and lane in self._holds and self._levels.get(record.topic, 0):
+            del self._holds[lane]
+            return self._emit_journaled(
+                record, partition, self._sink_topic, value, _forwarded(record), None
+            )
+        return self._emit(record, partition, self._sink_topic, value, _forwarded(record))
+
+    def _emit_journaled(
+        self,
+        record: ConsumerRecord,
+        partition: _Partition,
+        topic: str,
+        value: bytes,
+        headers: Headers,
+        hold: Hold | None,
+    ) -> bool:
+        """Queue an output together with the key's hold (``None``: its release); the
+        input finishes only when both are acknowledged."""
+        receipt = _Joint(partition, record.offset, 2)
+        journal = encode_hold(hold) if hold is not None else None
+        try:
+            self._sink.append(self.holds_topic, record.key, journal, [], receipt)  # type: ignore[arg-type]
+            self._sink.append(topic, record.key, value, headers, receipt)
+        except Exception as exc:
+            self.fail(exc)
+            return False
+        return True
 
     def _emit(
         self,
@@ -348,16 +516,21 @@ class StageEngine:
             return False
         return True
 
-    def _delivered(
-        self, receipts: list[tuple[_Partition, int]], delivery: asyncio.Future[Any]
-    ) -> None:
+    def _delivered(self, receipts: list[Any], delivery: asyncio.Future[Any]) -> None:
         if delivery.cancelled() or delivery.exception() is not None:
             # The producer gave up after its own retries: stop without committing past it.
             self.fail(delivery.exception() or asyncio.CancelledError())
             return
         partitions = self._partitions
         finished = 0
-        for partition, offset in receipts:
+        for receipt in receipts:
+            if type(receipt) is _Joint:
+                receipt.remaining -= 1
+                if receipt.remaining:
+                    continue
+                partition, offset = receipt.partition, receipt.offset
+            else:
+                partition, offset = receipt
             if partitions.get(partition.key) is not partition:
                 continue  # abandoned on revoke; already uncounted
             partition.offsets.finish(offset)
@@ -419,8 +592,19 @@ class StageEngine:
             await asyncio.sleep(interval)
             await self.commit()
 
-    def assigned(self, partitions: set[TopicPartition]) -> None:
-        """The consumer now owns ``partitions`` (called on every rebalance)."""
+    async def assigned(self, partitions: set[TopicPartition]) -> None:
+        """The consumer now owns ``partitions`` (called on every rebalance); keys held in
+        the journal for them wait before anything of theirs is processed."""
+        if self._ordered and self.kafka_settings is not None:
+            numbers = sorted(tp.partition for tp in partitions if tp.topic == self.source_topic)
+            known = {lane[0] for lane in self._holds}
+            fresh = [n for n in numbers if n not in known]
+            for lane, hold in (
+                await load_holds(self.kafka_settings, self.holds_topic, fresh)
+            ).items():
+                self._holds[lane] = hold
+                if not self._lanes.busy(lane):
+                    self._lanes.admit(lane, None)
         self._assigned = set(partitions)
         self._observer.ready(True)
 
@@ -428,19 +612,29 @@ class StageEngine:
         """Give ``partitions`` back: drain them within ``timeout_s``, commit, forget them."""
         if self._assigned is not None:
             self._assigned -= partitions
+        for tp in partitions:
+            timer = self._resume_timers.pop(tp, None)
+            if timer is not None:
+                timer.cancel()
         leaving = [p for p in self._partitions.values() if p.tp in partitions]
         await self._drain(leaving, timeout_s)
         await self.commit(only=[p.tp for p in leaving])
+        numbers = {tp.partition for tp in partitions if tp.topic == self.source_topic}
+        for lane in [lane for lane in self._holds if lane[0] in numbers]:
+            del self._holds[lane]  # the next owner reads them from the journal
         for partition in leaving:
             self._abandon(partition)
 
     async def _drain(self, partitions: list[_Partition], timeout_s: float) -> None:
+        """Wait until the partitions' records finished, except those waiting behind a
+        key on the ladder (they cannot finish now and are redelivered to the next owner)."""
         deadline = time.monotonic() + timeout_s
-        while self.failure is None and any(p.offsets.in_flight for p in partitions):
+        while self.failure is None and any(self._drainable(p) for p in partitions):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 log.warning(
-                    "%s: drain timed out; unfinished records will be redelivered", self.spec.name
+                    "%s: drain timed out; unfinished records will be redelivered",
+                    self.spec.name,
                 )
                 return
             self._progress.clear()
@@ -448,6 +642,13 @@ class StageEngine:
                 await asyncio.wait_for(self._progress.wait(), remaining)
             except TimeoutError:
                 continue
+
+    def _drainable(self, partition: _Partition) -> int:
+        in_flight = partition.offsets.in_flight
+        if in_flight and self._holds and partition.tp.topic == self.source_topic:
+            number = partition.tp.partition
+            in_flight -= sum(self._lanes.waiting(lane) for lane in self._holds if lane[0] == number)
+        return in_flight
 
     def _abandon(self, partition: _Partition) -> None:
         key = (partition.tp.topic, partition.tp.partition)
@@ -458,6 +659,16 @@ class StageEngine:
         number = partition.tp.partition
         self._lanes.drop([lane for lane in self._lanes.busy_keys() if lane[0] == number])
         self._capacity.set()
+
+
+def _first_failure(record: ConsumerRecord) -> Any:
+    """When the record first failed at this stage, if it failed before."""
+    from datetime import datetime
+
+    for name, value in record.headers or ():
+        if name == "pipeline.failure.first_at":
+            return datetime.fromisoformat(value.decode())
+    return None
 
 
 def _forwarded(record: ConsumerRecord) -> Headers:

@@ -55,6 +55,11 @@ class KeyLanes(Generic[Key, Item]):
                 dropped.extend(waiting)
         return dropped
 
+    def waiting(self, key: Key) -> int:
+        """How many items wait behind the key's item in progress."""
+        waiting = self._waiting.get(key)
+        return len(waiting) if waiting else 0
+
     def busy_keys(self) -> list[Key]:
         """Keys that currently have a record in progress."""
         return list(self._waiting)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.structs import TopicPartition
 from faststream import AckPolicy, Context
 from faststream.kafka import KafkaRouter
@@ -44,6 +45,26 @@ class ConsumerCommitter:
         await self._consumer.commit(offsets)
 
 
+class ConsumerFlow:
+    """Pause, resume and seek on the subscriber's consumer."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self._consumer = consumer
+
+    def pause(self, partition: TopicPartition) -> None:
+        """Stop fetching ``partition``."""
+        self._consumer.pause(partition)
+
+    def resume(self, partition: TopicPartition) -> None:
+        """Fetch ``partition`` again if still assigned."""
+        if partition in self._consumer.assignment():
+            self._consumer.resume(partition)
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        """Fetch ``partition`` from ``offset`` next."""
+        self._consumer.seek(partition, offset)
+
+
 class _EngineListener(ConsumerRebalanceListener):  # type: ignore[misc]
     """Drains and commits revoked partitions before the group moves them elsewhere."""
 
@@ -55,7 +76,7 @@ class _EngineListener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._engine.revoked(set(revoked), self._settings.revoke_drain_timeout_s)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._engine.assigned(set(assigned))
+        await self._engine.assigned(set(assigned))
 
 
 class StageRuntime:
@@ -83,6 +104,7 @@ class StageRuntime:
         self.engine = StageEngine(
             spec, services, settings, self._sink, observer or NullObserver(), self.naming
         )
+        self.engine.kafka_settings = kafka
         self._consumer: AIOKafkaConsumer | None = None
         self.router = self._build_router()
 
@@ -110,6 +132,10 @@ class StageRuntime:
 
         subscriber = router.subscriber(
             source,
+            *engine.retry_topics,
+            # Range assignment gives one member partition p of the input and of every
+            # retry topic, so a key's waiting state never spans two processes.
+            partition_assignment_strategy=(RangePartitionAssignor,),
             group_id=naming.group(spec.name),
             batch=True,
             max_records=settings.fetch_max_records,
@@ -134,6 +160,7 @@ class StageRuntime:
                 consumer = message.consumer
                 if isinstance(consumer, AIOKafkaConsumer):
                     engine.highwater = consumer.highwater
+                    engine.control = ConsumerFlow(consumer)
                     engine.start(ConsumerCommitter(consumer))
                 else:
                     engine.start(None)
@@ -154,7 +181,12 @@ class StageRuntime:
             max_batch_size=self._settings.producer_max_batch_bytes,
         )
         await self._producer.start()
-        topics = [self.naming.topic(self.spec.sink), self.naming.topic(self.spec.dead_letter_topic)]
+        topics = [
+            self.naming.topic(self.spec.sink),
+            self.naming.topic(self.spec.dead_letter_topic),
+            self.engine.holds_topic,
+            *self.engine.retry_topics,
+        ]
         counts = {topic: len(await self._producer.partitions_for(topic)) for topic in topics}
         self._batches = BatchingSink(self._producer, counts)
         self._batches.on_error = self.engine.fail

@@ -54,7 +54,13 @@ async def produce(settings: Settings, records: list[WorkloadRecord]) -> int:
 async def drain_and_verify(settings: Settings, timeout_s: float = 180) -> VerifyReport:
     """Wait until every stage committed everything, then run the verifier."""
     naming = Naming.of(settings.topics)
-    await wait_until_drained(settings.kafka, STAGE_NAMES, naming=naming, timeout_s=timeout_s)
+    await wait_until_drained(
+        settings.kafka,
+        STAGE_NAMES,
+        naming=naming,
+        retry_levels=settings.topics.retry_levels,
+        timeout_s=timeout_s,
+    )
     return await verify(settings.kafka, naming)
 
 

@@ -50,7 +50,7 @@ def test_cli_render_writes_the_checked_in_file(
 ) -> None:
     output = tmp_path / "kafka-topics.yaml"
 
-    result = CliRunner().invoke(app, ["topics", "render", "--format", "strimzi", "-o", output])
+    result = CliRunner().invoke(app, ["topics", "render", "--format", "strimzi", "-o", str(output)])
 
     assert result.exit_code == 0, result.output
     assert output.read_text() == CHECKED_IN.read_text()
