@@ -9,6 +9,8 @@
     │   ├── UndecodableRecord   bytes that are not JSON or do not fit the schema
     │   └── BusinessRuleViolation
     └── ConfigurationError    the pipeline is set up wrong; stop instead of processing
+        ├── BrokerUnavailable     nothing answers at the bootstrap address
+        └── CredentialsRejected   a broker answers but refuses the SASL credentials
 
 Stages raise meaning; the runtime decides what to do with it (see
 :mod:`pipeline.failures.classify`).
@@ -47,3 +49,7 @@ class ConfigurationError(PipelineError):
 
 class BrokerUnavailable(ConfigurationError):
     """No Kafka broker answers at the configured address."""
+
+
+class CredentialsRejected(ConfigurationError):
+    """A broker answers but refuses the configured SASL user name or password."""

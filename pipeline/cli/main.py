@@ -14,6 +14,7 @@ from rich.table import Table
 
 from pipeline import loop
 from pipeline.cli.bench import bench
+from pipeline.cli.dlq import dlq_app
 from pipeline.cli.kafka import kafka_app
 from pipeline.cli.topics import topics_app
 from pipeline.errors import PipelineError
@@ -27,6 +28,7 @@ from pipeline.workload import generate
 app = typer.Typer(help="A key-ordered Kafka checkout pipeline on FastStream.", no_args_is_help=True)
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
+app.add_typer(dlq_app, name="dlq")
 app.command()(bench)
 console = Console()
 

@@ -10,15 +10,18 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
+    AuthenticationFailedError,
     KafkaConnectionError,
     KafkaError,
+    SaslAuthenticationFailed,
     TopicAlreadyExistsError,
     for_code,
 )
 from aiokafka.structs import TopicPartition
 
-from pipeline.errors import BrokerUnavailable
+from pipeline.errors import BrokerUnavailable, CredentialsRejected
 from pipeline.kafka.connection import client_options
 from pipeline.kafka.topology import TopicSpec
 from pipeline.settings import KafkaSettings
@@ -46,6 +49,13 @@ async def admin_client(settings: KafkaSettings, timeout_s: float = 15.0) -> Asyn
         await asyncio.wait_for(client.start(), timeout_s)
     except (TimeoutError, KafkaConnectionError, KafkaError, OSError) as exc:
         await client.close()
+        refusal = await _sasl_refusal(settings, timeout_s)
+        if refusal is not None:
+            raise CredentialsRejected(
+                f"Kafka at {settings.bootstrap_servers} refused the credentials of SASL user "
+                f"{settings.sasl_username!r} ({settings.sasl_mechanism}): authentication "
+                f"failed ({refusal}); check PIPELINE_KAFKA_SASL_USERNAME / _SASL_PASSWORD"
+            ) from exc
         raise BrokerUnavailable(
             f"no Kafka broker answers at {settings.bootstrap_servers} ({exc!r}); "
             "start the local one with `pipeline kafka up` or set "
@@ -55,6 +65,37 @@ async def admin_client(settings: KafkaSettings, timeout_s: float = 15.0) -> Asyn
         yield client
     finally:
         await client.close()
+
+
+async def _sasl_refusal(settings: KafkaSettings, timeout_s: float) -> str | None:
+    """Why the first bootstrap server refused our SASL credentials, if it did.
+
+    aiokafka's bootstrap only logs an authentication failure and then raises "Unable to
+    bootstrap", which reads like a missing broker; one direct connection tells them apart.
+    """
+    if not settings.security_protocol.startswith("SASL"):
+        return None
+    options = client_options(settings)
+    host, _, port = settings.bootstrap_servers.split(",")[0].strip().rpartition(":")
+    try:
+        async with asyncio.timeout(timeout_s):
+            connection = await create_conn(
+                host,
+                int(port),
+                client_id=settings.client_id_prefix,
+                request_timeout_ms=settings.request_timeout_ms,
+                ssl_context=options.get("ssl_context"),
+                security_protocol=settings.security_protocol,
+                sasl_mechanism=options["sasl_mechanism"],
+                sasl_plain_username=options["sasl_plain_username"],
+                sasl_plain_password=options["sasl_plain_password"],
+            )
+    except (SaslAuthenticationFailed, AuthenticationFailedError) as exc:
+        return type(exc).__name__
+    except (TimeoutError, KafkaError, OSError, ValueError):
+        return None
+    connection.close()
+    return None
 
 
 async def broker_reachable(settings: KafkaSettings, timeout_s: float = 5.0) -> bool:

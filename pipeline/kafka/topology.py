@@ -43,6 +43,11 @@ def holds_topic(stage: str) -> str:
     return f"{stage}.holds"
 
 
+def dead_letter_actions_topic(stage: str) -> str:
+    """The stage's compacted log of operator actions on its dead letters."""
+    return f"{stage}.dlq.actions"
+
+
 def dead_letter_topics() -> list[str]:
     """Every stage's dead-letter topic, in flow order."""
     return [dead_letter_topic(stage) for stage in STAGE_NAMES]
@@ -79,6 +84,10 @@ class Naming:
     def retry(self, stage: str, level: int) -> str:
         """The stage's retry topic for ``level``."""
         return self.topic(retry_topic(stage, level))
+
+    def dead_letter_actions(self, stage: str) -> str:
+        """The stage's log of replayed and discarded dead letters."""
+        return self.topic(dead_letter_actions_topic(stage))
 
     def holds(self, stage: str) -> str:
         """The stage's holds journal."""
@@ -120,6 +129,14 @@ def pipeline_topics(settings: TopologySettings) -> list[TopicSpec]:
             partitions=settings.partitions,
             replication_factor=settings.replication_factor,
             config={"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
+        )
+        for stage in STAGE_NAMES
+    ] + [
+        TopicSpec(
+            name=naming.topic(dead_letter_actions_topic(stage)),
+            partitions=1,
+            replication_factor=settings.replication_factor,
+            config={"cleanup.policy": "compact"},
         )
         for stage in STAGE_NAMES
     ]

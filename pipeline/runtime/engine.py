@@ -158,6 +158,7 @@ class StageEngine:
         self.failure: BaseException | None = None
         self.on_failure: Callable[[BaseException], None] | None = None
         self.highwater: Callable[[TopicPartition], int | None] | None = None
+        observer.ready(False)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -170,6 +171,7 @@ class StageEngine:
     async def stop(self, timeout_s: float) -> None:
         """Take no more records, let in-flight ones finish within ``timeout_s``, commit."""
         self._closing = True
+        self._observer.ready(False)
         self._capacity.set()
         await self._drain(list(self._partitions.values()), timeout_s)
         if self._commit_task is not None:
@@ -545,6 +547,7 @@ class StageEngine:
         """Stop the stage without committing past unfinished records."""
         if self.failure is None:
             self.failure = exc
+            self._observer.ready(False)
             log.error("stage %s failed; stopping without committing", self.spec.name, exc_info=exc)
             if self.on_failure is not None:
                 self.on_failure(exc)

@@ -109,10 +109,10 @@ class BrokenPayment(SimulatedPayment):
 
     def __init__(self, settings: Any, broken: str) -> None:
         super().__init__(settings)
-        self.broken = broken
+        self.broken = broken  # "*": every order
 
     async def charge(self, order_id: str, amount_cents: int, idempotency_key: str) -> Any:
-        if order_id == self.broken:
+        if self.broken in (order_id, "*"):
             raise ServiceUnavailable("payment gateway timeout")
         return await super().charge(order_id, amount_cents, idempotency_key)
 

@@ -166,14 +166,6 @@ def test_a_wrong_password_fails_at_once_with_one_authentication_error(
     assert WRONG_PASSWORD not in output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "pipeline.kafka.admin.admin_client reports every bootstrap failure as "
-        "BrokerUnavailable ('no Kafka broker answers ... start the local one'): aiokafka "
-        "only logs the SaslAuthenticationFailed error and raises 'Unable to bootstrap'"
-    ),
-)
 def test_a_wrong_password_is_not_reported_as_a_missing_broker(
     scram_kafka: LocalKafka, prefix: str
 ) -> None:

@@ -1,0 +1,139 @@
+"""``pipeline dlq list|show|replay|discard``: working with dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.failures.dead_letters import (
+    DeadLetter,
+    DeadLetterFilter,
+    discard,
+    list_dead_letters,
+    parse_when,
+    replay,
+)
+from pipeline.kafka.topology import STAGE_NAMES, Naming
+from pipeline.settings import load_settings
+
+dlq_app = typer.Typer(help="Dead letters: list, show, replay, discard.", no_args_is_help=True)
+console = Console()
+
+StageOption = Annotated[list[str] | None, typer.Option("--stage", help="Repeatable.")]
+ExceptionOption = Annotated[str | None, typer.Option("--exception", help="Type contains.")]
+KeyOption = Annotated[str | None, typer.Option("--key", help="Record key (order id).")]
+SinceOption = Annotated[str | None, typer.Option(help="ISO time or 15m / 2h / 1d ago.")]
+UntilOption = Annotated[str | None, typer.Option(help="ISO time or 15m / 2h / 1d ago.")]
+
+
+def _selection(
+    stage: list[str] | None,
+    exception: str | None,
+    key: str | None,
+    since: str | None,
+    until: str | None,
+    ids: tuple[str, ...] = (),
+    include_handled: bool = False,
+) -> DeadLetterFilter:
+    unknown = [name for name in stage or () if name not in STAGE_NAMES]
+    if unknown:
+        raise typer.BadParameter(f"unknown stage(s) {unknown}; known: {list(STAGE_NAMES)}")
+    return DeadLetterFilter(
+        stages=tuple(stage or STAGE_NAMES),
+        exception=exception,
+        key=key,
+        since=parse_when(since),
+        until=parse_when(until),
+        ids=ids,
+        include_handled=include_handled,
+    )
+
+
+def _select(selection: DeadLetterFilter) -> tuple[list[DeadLetter], Naming]:
+    settings = load_settings()
+    naming = Naming.of(settings.topics)
+    return asyncio.run(list_dead_letters(settings.kafka, naming, selection)), naming
+
+
+@dlq_app.command("list")
+def list_command(
+    stage: StageOption = None,
+    exception: ExceptionOption = None,
+    key: KeyOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    include_handled: Annotated[
+        bool, typer.Option("--all", help="Also replayed/discarded.")
+    ] = False,
+    json_output: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Dead letters waiting for an operator (with --all: handled ones too)."""
+    letters, _ = _select(_selection(stage, exception, key, since, until, (), include_handled))
+    if json_output:
+        typer.echo(json.dumps([letter.as_dict() for letter in letters]))
+        return
+    table = Table(title=f"{len(letters)} dead letters")
+    for column in ("id", "key", "error", "attempts", "first failure", "message", "action"):
+        table.add_column(column)
+    for letter in letters:
+        headers = letter.headers
+        table.add_row(
+            letter.id,
+            (letter.key or b"").decode(errors="replace"),
+            letter.error_type,
+            headers.get("pipeline.attempt", ""),
+            headers.get("pipeline.failure.first_at", ""),
+            headers.get("pipeline.error.message", "")[:60],
+            letter.action or "",
+        )
+    console.print(table)
+
+
+@dlq_app.command()
+def show(dead_letter_id: Annotated[str, typer.Argument(help="stage:partition:offset")]) -> None:
+    """Everything about one dead letter, as JSON."""
+    stage = dead_letter_id.split(":", 1)[0]
+    letters, _ = _select(
+        _selection([stage], None, None, None, None, (dead_letter_id,), include_handled=True)
+    )
+    if not letters:
+        console.print(f"[red]no dead letter {dead_letter_id}[/red]")
+        raise typer.Exit(1)
+    typer.echo(json.dumps(letters[0].as_dict(), indent=2))
+
+
+@dlq_app.command("replay")
+def replay_command(
+    ids: Annotated[list[str] | None, typer.Argument(help="stage:partition:offset ...")] = None,
+    stage: StageOption = None,
+    exception: ExceptionOption = None,
+    key: KeyOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+) -> None:
+    """Send the selected dead letters back to their stage's input, once each."""
+    letters, naming = _select(_selection(stage, exception, key, since, until, tuple(ids or ())))
+    settings = load_settings()
+    done = asyncio.run(replay(settings.kafka, naming, letters))
+    console.print(f"replayed {len(done)} dead letters")
+
+
+@dlq_app.command("discard")
+def discard_command(
+    ids: Annotated[list[str] | None, typer.Argument(help="stage:partition:offset ...")] = None,
+    stage: StageOption = None,
+    exception: ExceptionOption = None,
+    key: KeyOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+) -> None:
+    """Mark the selected dead letters as dealt with, without replaying them."""
+    letters, naming = _select(_selection(stage, exception, key, since, until, tuple(ids or ())))
+    settings = load_settings()
+    done = asyncio.run(discard(settings.kafka, naming, letters))
+    console.print(f"discarded {len(done)} dead letters")
