@@ -47,7 +47,7 @@ class LocalKafkaSettings(BaseSettings):
     home: Path = Path(".cache/kafka")
     port: int = 9092
     controller_port: int = 9093
-    heap: str = "512m"
+    heap: str = "1g"
     start_timeout_s: float = 90.0
 
 
@@ -79,7 +79,7 @@ class StageSettings(BaseSettings):
     session_timeout_ms: int = 45_000
     producer_linger_ms: int = 5
     producer_max_batch_bytes: int = 512 * 1024
-    dedupe_window: int = Field(default=100_000, ge=0)
+    dedupe_window: int = Field(default=60_000, ge=0)
     in_process_attempts: int = Field(default=3, ge=1)
     retry_delays_s: list[float] = Field(default_factory=lambda: [1.0, 10.0, 60.0])
     ordering: Literal["key", "none"] = "key"

@@ -12,11 +12,11 @@ import asyncio
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from pipeline.kafka.admin import apply_topics, broker_reachable
+from pipeline.kafka.admin import admin_client, apply_topics, broker_reachable, delete_topics
 from pipeline.kafka.topology import Naming, pipeline_topics
 from pipeline.settings import KafkaSettings, Settings
 
@@ -71,22 +71,31 @@ def kafka_bootstrap() -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(kafka_bootstrap: str) -> Settings:
-    """Settings pointing at the session broker, in a topic namespace of this test only."""
+async def settings(kafka_bootstrap: str) -> AsyncIterator[Settings]:
+    """Settings pointing at the session broker, in a topic namespace of this test only.
+
+    The namespace's topics are deleted afterwards: one broker holds every test's
+    partitions in one heap.
+    """
     base = Settings()
-    return base.model_copy(
+    prefix = f"t{uuid.uuid4().hex[:10]}."
+    yield base.model_copy(
         update={
             "kafka": base.kafka.model_copy(update={"bootstrap_servers": kafka_bootstrap}),
-            "topics": base.topics.model_copy(update={"prefix": f"t{uuid.uuid4().hex[:10]}."}),
+            "topics": base.topics.model_copy(update={"prefix": prefix}),
             "http": base.http.model_copy(update={"enabled": False}),
             "stage": base.stage.model_copy(update={"commit_interval_ms": 200}),
         }
     )
+    connection = KafkaSettings(bootstrap_servers=kafka_bootstrap)
+    async with admin_client(connection) as admin:
+        mine = [name for name in await admin.list_topics() if name.startswith(prefix)]
+    await delete_topics(connection, mine)
 
 
 @pytest.fixture
 async def topics(settings: Settings) -> Naming:
-    """The test's topics, created fresh; yields the naming to reach them."""
+    """The test's topics, created fresh; the naming to reach them."""
     report = await apply_topics(settings.kafka, pipeline_topics(settings.topics))
     assert report.clean, report.drift
     return Naming.of(settings.topics)

@@ -33,6 +33,7 @@ from pipeline.failures.holds import Hold, encode_hold, load_holds
 from pipeline.failures.ladder import Ladder, rung_headers, rung_of
 from pipeline.failures.provenance import HEADER_PREFIX, Failure, Headers, failure_headers, now
 from pipeline.kafka.topology import Naming
+from pipeline.runtime.dedupe import RecentIds, event_id_of, recent_event_ids
 from pipeline.runtime.eager import Pending, step
 from pipeline.runtime.key_lanes import KeyLanes
 from pipeline.runtime.observer import StageObserver
@@ -136,6 +137,13 @@ class StageEngine:
         self._holds: dict[Lane, Hold] = {}
         self._resume_timers: dict[TopicPartition, asyncio.TimerHandle] = {}
         self.control: ConsumerControl | None = None
+        self._identify = spec.identify or str
+        self._recent = (
+            RecentIds(settings.dedupe_window)
+            if spec.identify is not None and settings.dedupe_window
+            else None
+        )
+        self.partition_count = 1
         self.kafka_settings: Any = None
         self.services = services
         self._settings = settings
@@ -231,6 +239,9 @@ class StageEngine:
                 continue
             taken += 1
             lane = (record.partition, record.key)
+            if not level and self._holds and self._is_on_ladder(lane, record):
+                self._skip(record, partition)  # redelivered after a crash: already climbing
+                continue
             if level and lane in self._holds:
                 # The record the lane waits for, back from the ladder: it goes first.
                 if self._process(record, partition):
@@ -244,6 +255,12 @@ class StageEngine:
                 return
             self._capacity.clear()
             await self._capacity.wait()
+
+    def _is_on_ladder(self, lane: Lane, record: ConsumerRecord) -> bool:
+        hold = self._holds.get(lane)
+        return (
+            hold is not None and hold.head == f"{record.topic}/{record.partition}/{record.offset}"
+        )
 
     def _wait_until_due(self, record: ConsumerRecord, level: int) -> bool:
         """Pause a retry partition whose next record is not due yet; ``True`` if paused.
@@ -307,6 +324,9 @@ class StageEngine:
             event = self._decode(record.value or b"")
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             return self._dead_letter(record, partition, UndecodableRecord(str(exc)), 1, None)
+        recent = self._recent
+        if recent is not None and self._identify(event) in recent:
+            return self._skip(record, partition)  # redelivered: its output exists already
         try:
             result = step(self._handler(event, self.services))
         except Exception as exc:
@@ -317,7 +337,16 @@ class StageEngine:
             )
             return False
         self._observer.handled(time.perf_counter() - started, event)
+        if self._recent is not None:
+            self._recent.add(self._identify(event))
         return self._succeeded(record, partition, encode(result))
+
+    def _skip(self, record: ConsumerRecord, partition: _Partition) -> bool:
+        """Finish a record without output (a duplicate of one already handled)."""
+        partition.offsets.finish(record.offset)
+        self._in_flight -= 1
+        self._observer.deduplicated()
+        return True
 
     def _on_handler_done(
         self,
@@ -334,6 +363,8 @@ class StageEngine:
             issued = self._on_error(record, partition, event, exc, started)
         else:
             self._observer.handled(time.perf_counter() - started, event)
+            if self._recent is not None:
+                self._recent.add(self._identify(event))
             issued = self._succeeded(record, partition, encode(task.result()))
         if issued:
             self._continue_lane(record, partition)
@@ -400,6 +431,8 @@ class StageEngine:
         exc = task.exception()
         if exc is None:
             self._observer.handled(time.perf_counter() - started, event)
+            if self._recent is not None:
+                self._recent.add(self._identify(event))
             issued = self._succeeded(record, partition, encode(task.result()))
         elif self.spec.error_policy(exc) is Verdict.FAIL_STAGE:
             self.fail(exc)
@@ -422,6 +455,10 @@ class StageEngine:
         failure = Failure(exc, attempt, first, failed_at)
         headers = failure_headers(record, self.spec.name, failure)
         self._observer.dead_lettered(exc)
+        if self._recent is not None:
+            dead_id = event_id_of(record.value)
+            if dead_id is not None:
+                self._recent.add(dead_id)
         lane = (record.partition, record.key)
         if lane in self._holds:
             # policy "release": the key's later events go on once this one is parked
@@ -608,6 +645,16 @@ class StageEngine:
                 self._holds[lane] = hold
                 if not self._lanes.busy(lane):
                     self._lanes.admit(lane, None)
+        if self._recent is not None and self.kafka_settings is not None:
+            numbers = sorted(tp.partition for tp in partitions if tp.topic == self.source_topic)
+            tails = [
+                TopicPartition(topic, n)
+                for topic in (self._sink_topic, self._dead_letter_topic)
+                for n in numbers
+            ]
+            per_partition = self._settings.dedupe_window // max(1, self.partition_count)
+            for event_id in await recent_event_ids(self.kafka_settings, tails, per_partition):
+                self._recent.add(event_id)
         self._assigned = set(partitions)
         self._observer.ready(True)
 

@@ -37,6 +37,9 @@ class StageObserver(Protocol):
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
         """Offsets were committed for the stage's group."""
 
+    def deduplicated(self) -> None:
+        """A redelivered record was finished without a second output."""
+
     def lag(self, partition: TopicPartition, records: int) -> None:
         """``records`` of ``partition`` are behind the group's committed offset."""
 
@@ -66,6 +69,9 @@ class NullObserver:
         """Ignored."""
 
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
+        """Ignored."""
+
+    def deduplicated(self) -> None:
         """Ignored."""
 
     def lag(self, partition: TopicPartition, records: int) -> None:

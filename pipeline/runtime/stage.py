@@ -33,8 +33,9 @@ class StageSpec(Generic[In, Out]):
     input_type: Any
     handler: Handler[In, Out]
     error_policy: ErrorPolicy = default_error_policy
-    in_process_attempts: int = 3
     description: str = ""
+    identify: Callable[[Any], str] | None = None
+    """The event id of an input, for deduplicating redelivered records."""
 
     @property
     def dead_letter_topic(self) -> str:

@@ -188,6 +188,7 @@ class StageRuntime:
             *self.engine.retry_topics,
         ]
         counts = {topic: len(await self._producer.partitions_for(topic)) for topic in topics}
+        self.engine.partition_count = counts[topics[0]]
         self._batches = BatchingSink(self._producer, counts)
         self._batches.on_error = self.engine.fail
         self._batches.start()

@@ -23,6 +23,7 @@ STAGE: StageSpec[OrderProgress, OrderProgress] = StageSpec(
     source=ORDERS_PAID,
     sink=ORDERS_FULFILLED,
     input_type=OrderProgress,
+    identify=lambda order: order.event.event_id,
     handler=fulfil,
     description="Invoices and ships paid orders.",
 )

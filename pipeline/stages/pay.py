@@ -29,6 +29,7 @@ STAGE: StageSpec[OrderProgress, OrderProgress] = StageSpec(
     source=ORDERS_RESERVED,
     sink=ORDERS_PAID,
     input_type=OrderProgress,
+    identify=lambda order: order.event.event_id,
     handler=pay,
     description="Charges customers through the payment gateway.",
 )

@@ -29,6 +29,7 @@ STAGE: StageSpec[OrderProgress, OrderProgress] = StageSpec(
     source=ORDERS_VALIDATED,
     sink=ORDERS_RESERVED,
     input_type=OrderProgress,
+    identify=lambda order: order.event.event_id,
     handler=reserve,
     description="Holds stock through the inventory service.",
 )

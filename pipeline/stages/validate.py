@@ -39,4 +39,5 @@ STAGE: StageSpec[OrderEvent, OrderProgress] = StageSpec(
     input_type=OrderEvent,
     handler=validate,
     description="Checks order events against the store's rules.",
+    identify=lambda event: event.event_id,
 )

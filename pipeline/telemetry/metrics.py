@@ -75,6 +75,12 @@ class PipelineMetrics:
             ["stage"],
             registry=registry,
         )
+        self.deduplicated = Counter(
+            "pipeline_events_deduplicated",
+            "Redelivered records finished without a second output.",
+            ["stage"],
+            registry=registry,
+        )
         self.committed = Counter(
             "pipeline_offset_commits",
             "Offset commits of the stage's consumer group.",
@@ -159,6 +165,10 @@ class PrometheusObserver:
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
         """Count a commit."""
         self._commits.inc()
+
+    def deduplicated(self) -> None:
+        """Count a redelivered duplicate."""
+        self._metrics.deduplicated.labels(self._stage).inc()
 
     def lag(self, partition: TopicPartition, records: int) -> None:
         """Set the lag of one input partition."""

@@ -35,9 +35,7 @@ def _dlq(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
 async def test_dead_letters_are_listed_replayed_once_and_then_flow(
     settings: Settings, topics: Naming
 ) -> None:
-    stage = settings.stage.model_copy(
-        update={"retry_delays_s": [0.1], "in_process_attempts": 1}
-    )
+    stage = settings.stage.model_copy(update={"retry_delays_s": [0.1], "in_process_attempts": 1})
     topology = settings.topics.model_copy(update={"retry_levels": 1})
     settings = settings.model_copy(update={"stage": stage, "topics": topology})
     await apply_topics(settings.kafka, pipeline_topics(settings.topics))
@@ -56,8 +54,14 @@ async def test_dead_letters_are_listed_replayed_once_and_then_flow(
         "reserve: ServiceUnavailable", 0
     )
     for letter in listed:
-        for name in (provenance.ORIGIN_TOPIC, provenance.ORIGIN_OFFSET, provenance.ERROR_TYPE,
-                     provenance.ATTEMPT, provenance.FIRST_FAILURE_AT, provenance.ERROR_STACK):
+        for name in (
+            provenance.ORIGIN_TOPIC,
+            provenance.ORIGIN_OFFSET,
+            provenance.ERROR_TYPE,
+            provenance.ATTEMPT,
+            provenance.FIRST_FAILURE_AT,
+            provenance.ERROR_STACK,
+        ):
             assert letter["headers"].get(name), name
 
     first = _dlq(settings, "replay", "--stage", "pay").stdout
