@@ -408,7 +408,7 @@ class StageEngine:
         interval; the key's lane stays held, other keys go on."""
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._settings.in_process_attempts - 1),
-            wait=wait_exponential_jitter(initial=0.02, max=0.5, jitter=0.05),
+            wait=wait_exponential_jitter(multiplier=0.02, max=0.5, jitter=0.05),
             retry=retry_if_exception(lambda e: self.spec.error_policy(e) is Verdict.RETRY),
             reraise=True,
         )
