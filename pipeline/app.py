@@ -13,7 +13,9 @@ from typing import Any
 from faststream import ContextRepo
 from faststream.asgi import AsgiFastStream
 from faststream.kafka import KafkaBroker
+from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from pipeline.errors import ConfigurationError
@@ -28,6 +30,7 @@ from pipeline.settings import Settings
 from pipeline.stages import ALL_STAGES
 from pipeline.telemetry.http import http_routes
 from pipeline.telemetry.metrics import PipelineMetrics, PrometheusObserver
+from pipeline.telemetry.tracing import RecordTracing, tracer_provider_from_env
 
 
 @dataclass(slots=True)
@@ -62,6 +65,7 @@ def create_app(
     sink_factory: Callable[[KafkaBroker], RecordSink] | None = None,
     http: bool = True,
     catalog: Mapping[str, StageSpec[Any, Any]] = ALL_STAGES,
+    tracer_provider: TracerProvider | None = None,
 ) -> PipelineApp:
     """A FastStream app running ``stage_names`` of ``catalog`` (all of them when ``None``)."""
     names = list(stage_names or catalog)
@@ -71,6 +75,12 @@ def create_app(
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry)
     observers = observers or {name: PrometheusObserver(metrics, name) for name in names}
+    provider = tracer_provider or tracer_provider_from_env(f"pipeline-{'-'.join(names)}")
+    middlewares: list[Any] = [
+        KafkaPrometheusMiddleware(registry=registry, app_name="order-pipeline")
+    ]
+    if provider is not None:
+        middlewares.append(KafkaTelemetryMiddleware(tracer_provider=provider))
     context = ContextRepo()
     context.set_global("services", services or simulated_services(settings.services))
     broker = KafkaBroker(
@@ -81,7 +91,7 @@ def create_app(
         request_timeout_ms=settings.kafka.request_timeout_ms,
         # FastStream logs every batch at INFO; per-batch lines belong at DEBUG.
         log_level=logging.DEBUG,
-        middlewares=[KafkaPrometheusMiddleware(registry=registry, app_name="order-pipeline")],
+        middlewares=middlewares,
     )
     runtimes = [
         StageRuntime(
@@ -95,8 +105,13 @@ def create_app(
         )
         for name in names
     ]
+    naming = Naming.of(settings.topics)
     for runtime in runtimes:
         broker.include_router(runtime.router)
+        if provider is not None:
+            runtime.engine.tracing = RecordTracing(
+                provider, runtime.spec.name, naming.group(runtime.spec.name)
+            )
 
     async def start_producers() -> None:
         for runtime in runtimes:

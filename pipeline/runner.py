@@ -33,6 +33,11 @@ async def serve(settings: Settings, stage_names: Sequence[str] | None) -> int:
             timeout_graceful_shutdown=int(settings.stage.shutdown_drain_timeout_s) + 5,
         )
         server = uvicorn.Server(config)
+        # uvicorn re-raises the stop signal to the handler it found once it has shut
+        # down; with the default one that kills the process (exit -15) after a clean
+        # drain. A no-op handler lets a graceful stop end with status 0.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda _signum, _frame: None)
         for runtime in pipeline.runtimes:
             runtime.engine.on_failure = lambda _exc: setattr(server, "should_exit", True)
         await server.serve()

@@ -21,6 +21,7 @@ from pipeline.errors import PipelineError
 from pipeline.kafka.produce import produce_records
 from pipeline.kafka.topology import ORDERS_EVENTS, STAGE_NAMES, Naming
 from pipeline.settings import load_settings
+from pipeline.telemetry.tracing import TraceContextFilter
 from pipeline.verify import VerifyReport
 from pipeline.verify import verify as verify_topics
 from pipeline.workload import generate
@@ -34,10 +35,15 @@ console = Console()
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    handler = logging.StreamHandler()
+    handler.addFilter(TraceContextFilter())
+    handler.setFormatter(
+        logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s trace_id=%(trace_id)s span_id=%(span_id)s "
+            "%(message)s"
+        )
     )
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 

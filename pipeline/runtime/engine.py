@@ -41,6 +41,7 @@ from pipeline.runtime.offsets import PartitionOffsets
 from pipeline.runtime.stage import StageSpec, encode
 from pipeline.services import Services
 from pipeline.settings import StageSettings
+from pipeline.telemetry.tracing import RecordTracing
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,8 @@ class StageEngine:
             else None
         )
         self.partition_count = 1
+        self.tracing: RecordTracing | None = None
+        self._spans: dict[int, Any] = {}
         self.kafka_settings: Any = None
         self.services = services
         self._settings = settings
@@ -320,6 +323,8 @@ class StageEngine:
     def _process(self, record: ConsumerRecord, partition: _Partition) -> bool:
         """Start one record; ``True`` when its output is already issued."""
         started = time.perf_counter()
+        if self.tracing is not None:
+            self._spans[id(record)] = self.tracing.start(record)
         try:
             event = self._decode(record.value or b"")
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
@@ -341,8 +346,24 @@ class StageEngine:
             self._recent.add(self._identify(event))
         return self._succeeded(record, partition, encode(result))
 
+    def _traced(self, record: ConsumerRecord, headers: Headers) -> Headers:
+        """``headers`` carrying the record's span as the parent of what comes next."""
+        if self.tracing is None:
+            return headers
+        span = self._spans.get(id(record))
+        return self.tracing.inject(span, headers) if span is not None else headers
+
+    def _end_span(
+        self, record: ConsumerRecord, outcome: str, error: BaseException | None = None
+    ) -> None:
+        if self.tracing is not None:
+            span = self._spans.pop(id(record), None)
+            if span is not None:
+                self.tracing.end(span, outcome, error)
+
     def _skip(self, record: ConsumerRecord, partition: _Partition) -> bool:
         """Finish a record without output (a duplicate of one already handled)."""
+        self._end_span(record, "duplicate")
         partition.offsets.finish(record.offset)
         self._in_flight -= 1
         self._observer.deduplicated()
@@ -453,7 +474,8 @@ class StageEngine:
         failed_at = now()
         first = first_failure_at or _first_failure(record) or failed_at
         failure = Failure(exc, attempt, first, failed_at)
-        headers = failure_headers(record, self.spec.name, failure)
+        headers = self._traced(record, failure_headers(record, self.spec.name, failure))
+        self._end_span(record, "dead_lettered", exc)
         self._observer.dead_lettered(exc)
         if self._recent is not None:
             dead_id = event_id_of(record.value)
@@ -484,6 +506,8 @@ class StageEngine:
         headers = failure_headers(
             record, self.spec.name, Failure(exc, total_attempts, first, failed_at)
         ) + rung_headers(level, self._ladder.due_at_ms(level))
+        headers = self._traced(record, headers)
+        self._end_span(record, "retried", exc)
         self._observer.retried()
         topic = self.retry_topics[level - 1]
         value = record.value or b""
@@ -509,12 +533,12 @@ class StageEngine:
     def _succeeded(self, record: ConsumerRecord, partition: _Partition, value: bytes) -> bool:
         """Queue a handler's output; a record back from the ladder releases its key."""
         lane = (record.partition, record.key)
+        headers = self._traced(record, _forwarded(record))
+        self._end_span(record, "processed")
         if self._holds and lane in self._holds and self._levels.get(record.topic, 0):
             del self._holds[lane]
-            return self._emit_journaled(
-                record, partition, self._sink_topic, value, _forwarded(record), None
-            )
-        return self._emit(record, partition, self._sink_topic, value, _forwarded(record))
+            return self._emit_journaled(record, partition, self._sink_topic, value, headers, None)
+        return self._emit(record, partition, self._sink_topic, value, headers)
 
     def _emit_journaled(
         self,
