@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import uvicorn
+
+from pipeline.app import PipelineApp
 from pipeline.broker import ensure_broker
 from pipeline.kafka.admin import apply_topics, delete_topics
 from pipeline.kafka.lag import wait_until_drained
@@ -15,6 +20,8 @@ from pipeline.runner import build
 from pipeline.settings import Settings
 from pipeline.verify import VerifyReport, verify
 from pipeline.workload import generate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -49,6 +56,10 @@ async def run_demo(
     say(f"topics: {len(report.created)} created, {len(report.unchanged)} unchanged")
     pipeline = build(settings, STAGE_NAMES)
     await pipeline.start()
+    http = await _serve_http(pipeline, settings) if settings.http.enabled else None
+    if http is not None:
+        base = f"http://{settings.http.host}:{settings.http.port}"
+        say(f"stage endpoints: {base}/metrics {base}/health {base}/ready")
     started = time.perf_counter()
     try:
         produced = await produce_records(
@@ -67,7 +78,29 @@ async def run_demo(
         )
         seconds = time.perf_counter() - started
     finally:
+        if http is not None:
+            http.should_exit = True
         await pipeline.stop()
     if pipeline.failure is not None:
         raise RuntimeError(f"a stage failed: {pipeline.failure!r}")
     return DemoResult(bootstrap, produced, seconds, await verify(settings.kafka, naming))
+
+
+async def _serve_http(pipeline: PipelineApp, settings: Settings) -> uvicorn.Server | None:
+    """Serve the stages' HTTP endpoints beside the demo (the app itself is already
+    started, so uvicorn runs without lifespan)."""
+    config = uvicorn.Config(
+        pipeline.app,
+        host=settings.http.host,
+        port=settings.http.port,
+        lifespan="off",
+        log_level="warning",
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            log.warning("HTTP endpoints not served: %r", task.exception())
+            return None
+        await asyncio.sleep(0.02)  # uvicorn offers no event for "listening"
+    return server

@@ -83,7 +83,7 @@ class StageSettings(BaseSettings):
     in_process_attempts: int = Field(default=3, ge=1)
     retry_delays_s: list[float] = Field(default_factory=lambda: [1.0, 10.0, 60.0])
     ordering: Literal["key", "none"] = "key"
-    on_dead_letter: Literal["release", "divert"] = "release"
+    on_dead_letter: Literal["release"] = "release"
     processing_guarantee: ProcessingGuarantee = ProcessingGuarantee.AT_LEAST_ONCE
 
 

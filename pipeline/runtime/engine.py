@@ -202,6 +202,11 @@ class StageEngine:
             self._progress.clear()
             await self._progress.wait()
 
+    def attach_sink(self, sink: RecordSink) -> None:
+        """Send outputs straight to ``sink`` from now on (the stage's started producer)."""
+        sink.bind(self._delivered)
+        self._sink = sink
+
     @property
     def assignment(self) -> set[TopicPartition] | None:
         """Partitions the consumer owns; ``None`` before the first assignment."""
@@ -532,12 +537,17 @@ class StageEngine:
 
     def _succeeded(self, record: ConsumerRecord, partition: _Partition, value: bytes) -> bool:
         """Queue a handler's output; a record back from the ladder releases its key."""
-        lane = (record.partition, record.key)
-        headers = self._traced(record, _forwarded(record))
-        self._end_span(record, "processed")
-        if self._holds and lane in self._holds and self._levels.get(record.topic, 0):
-            del self._holds[lane]
-            return self._emit_journaled(record, partition, self._sink_topic, value, headers, None)
+        headers = _forwarded(record)
+        if self.tracing is not None:
+            headers = self._traced(record, headers)
+            self._end_span(record, "processed")
+        if self._holds:
+            lane = (record.partition, record.key)
+            if lane in self._holds and self._levels.get(record.topic, 0):
+                del self._holds[lane]
+                return self._emit_journaled(
+                    record, partition, self._sink_topic, value, headers, None
+                )
         return self._emit(record, partition, self._sink_topic, value, headers)
 
     def _emit_journaled(

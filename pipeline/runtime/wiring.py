@@ -192,9 +192,8 @@ class StageRuntime:
         self._batches = BatchingSink(self._producer, counts)
         self._batches.on_error = self.engine.fail
         self._batches.start()
-        if self._deferred.on_delivered is not None:
-            self._batches.bind(self._deferred.on_delivered)
         self._deferred.target = self._batches
+        self.engine.attach_sink(self._batches)
 
     async def stop(self) -> None:
         """Stop taking records, drain, commit, flush and close the producer."""

@@ -1,0 +1,198 @@
+"""``pipeline chaos``: the pipeline under kill -9, a broker restart, rebalances and
+SIGTERM, checked afterwards by the verifier.
+
+Every stage runs as its own ``pipeline run STAGE`` process in a fresh topic namespace.
+While orders are produced, random stage processes are killed with SIGKILL and started
+again, one stage is scaled 1 -> 3 -> 1, and the local broker is restarted once. The
+pauses between actions are random on purpose: chaos picks its moments, it does not wait
+for conditions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.kafka.admin import apply_topics, delete_topics
+from pipeline.kafka.lag import wait_until_drained
+from pipeline.kafka.local import LocalKafka
+from pipeline.kafka.produce import produce_records
+from pipeline.kafka.topology import ORDERS_EVENTS, STAGE_NAMES, Naming, pipeline_topics
+from pipeline.settings import Settings
+from pipeline.verify import VerifyReport, verify
+from pipeline.workload import generate
+
+PIPELINE_BIN = Path(sys.executable).with_name("pipeline")
+
+
+@dataclass(slots=True)
+class ChaosLog:
+    """What the chaos run did."""
+
+    kills: list[str] = field(default_factory=list)
+    restarts: int = 0
+    broker_restarts: int = 0
+    rebalances: int = 0
+    graceful_exits: list[int] = field(default_factory=list)
+    graceful_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ChaosResult:
+    """The verifier's report plus what was done."""
+
+    report: VerifyReport
+    log: ChaosLog
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view: the verify summary, then the actions."""
+        return {**self.report.as_dict(), "actions": asdict(self.log), "seconds": self.seconds}
+
+
+class _Stages:
+    """The stage processes, restarted when they die."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self._env = env
+        self.processes: dict[str, list[subprocess.Popen[bytes]]] = {s: [] for s in STAGE_NAMES}
+
+    def start(self, stage: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [str(PIPELINE_BIN), "run", stage],
+            env=self._env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.processes[stage].append(process)
+        return process
+
+    def revive(self, log: ChaosLog) -> None:
+        """Start again every stage whose processes all died (a stage may exit 1 when the
+        broker goes away under it; that is a restart, not a loss)."""
+        for stage, processes in self.processes.items():
+            alive = [p for p in processes if p.poll() is None]
+            self.processes[stage] = alive
+            if not alive:
+                self.start(stage)
+                log.restarts += 1
+
+    def kill_random(self, rng: random.Random, log: ChaosLog) -> None:
+        stage = rng.choice(STAGE_NAMES)
+        alive = [p for p in self.processes[stage] if p.poll() is None]
+        if alive:
+            victim = rng.choice(alive)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            log.kills.append(stage)
+        self.revive(log)
+
+    def stop(self, process: subprocess.Popen[bytes], log: ChaosLog, grace_s: float) -> None:
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = -9
+        log.graceful_exits.append(code)
+        log.graceful_seconds.append(round(time.monotonic() - started, 2))
+
+    def stop_all(self, log: ChaosLog, grace_s: float) -> None:
+        for processes in self.processes.values():
+            for process in processes:
+                if process.poll() is None:
+                    self.stop(process, log, grace_s)
+
+
+def _env(settings: Settings, prefix: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "PIPELINE_TOPICS_PREFIX": prefix,
+        "PIPELINE_HTTP_ENABLED": "false",
+        "PIPELINE_STAGE_COMMIT_INTERVAL_MS": "200",
+        "PIPELINE_STAGE_RETRY_DELAYS_S": json.dumps(settings.stage.retry_delays_s),
+        "PIPELINE_TOPICS_RETRY_LEVELS": str(settings.topics.retry_levels),
+        "PIPELINE_SERVICES_LATENCY_MS": str(settings.services.latency_ms),
+        "PIPELINE_SERVICES_TRANSIENT_FAILURE_RATE": str(settings.services.transient_failure_rate),
+    }
+
+
+async def run_chaos(
+    settings: Settings,
+    *,
+    orders: int,
+    kills: int,
+    restart_broker: bool = True,
+    scale_stage: str = "pay",
+    seed: int | None = None,
+    drain_timeout_s: float = 600.0,
+) -> ChaosResult:
+    """Run the chaos scenario in a fresh namespace and verify what came out."""
+    rng = random.Random(seed)
+    prefix = f"chaos{uuid.uuid4().hex[:8]}."
+    run = settings.model_copy(
+        update={"topics": settings.topics.model_copy(update={"prefix": prefix})}
+    )
+    naming = Naming.of(run.topics)
+    topics = pipeline_topics(run.topics)
+    await apply_topics(run.kafka, topics)
+    stages = _Stages(_env(run, prefix))
+    log = ChaosLog()
+    grace_s = run.stage.shutdown_drain_timeout_s + 10
+    started = time.monotonic()
+    for stage in STAGE_NAMES:
+        stages.start(stage)
+    producing = asyncio.create_task(
+        produce_records(run.kafka, naming.topic(ORDERS_EVENTS), generate(orders))
+    )
+    try:
+        broker_restart_at = kills // 2 if restart_broker else -1
+        for index in range(kills):
+            await asyncio.sleep(rng.uniform(0.3, 1.5))
+            stages.kill_random(rng, log)
+            if index == broker_restart_at:
+                await asyncio.to_thread(LocalKafka(run.local_kafka).restart)
+                log.broker_restarts += 1
+                stages.revive(log)
+            if index == kills // 3 and scale_stage:
+                extra = [stages.start(scale_stage) for _ in range(2)]
+                log.rebalances += 1
+                await asyncio.sleep(rng.uniform(1.0, 2.0))
+                for process in extra:
+                    stages.stop(process, log, grace_s)
+                log.rebalances += 1
+        await producing
+        while True:
+            stages.revive(log)
+            try:
+                await wait_until_drained(
+                    run.kafka,
+                    STAGE_NAMES,
+                    naming=naming,
+                    retry_levels=run.topics.retry_levels,
+                    timeout_s=30,
+                )
+                break
+            except TimeoutError:
+                if time.monotonic() - started > drain_timeout_s:
+                    raise
+    finally:
+        if not producing.done():
+            producing.cancel()
+        stages.stop_all(log, grace_s)
+    report = await verify(run.kafka, naming)
+    seconds = round(time.monotonic() - started, 1)
+    await delete_topics(run.kafka, [topic.name for topic in topics])
+    return ChaosResult(report=report, log=log, seconds=seconds)
