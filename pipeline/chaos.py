@@ -63,16 +63,23 @@ class ChaosResult:
 class _Stages:
     """The stage processes, restarted when they die."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path | None) -> None:
         self._env = env
+        self._log_dir = log_dir
+        self._started = 0
         self.processes: dict[str, list[subprocess.Popen[bytes]]] = {s: [] for s in STAGE_NAMES}
 
     def start(self, stage: str) -> subprocess.Popen[bytes]:
+        self._started += 1
+        output: Any = subprocess.DEVNULL
+        if self._log_dir is not None:
+            self._log_dir.mkdir(parents=True, exist_ok=True)
+            output = (self._log_dir / f"{self._started:03d}-{stage}.log").open("wb")
         process = subprocess.Popen(
             [str(PIPELINE_BIN), "run", stage],
             env=self._env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
         )
         self.processes[stage].append(process)
         return process
@@ -138,6 +145,7 @@ async def run_chaos(
     scale_stage: str = "pay",
     seed: int | None = None,
     drain_timeout_s: float = 600.0,
+    log_dir: Path | None = None,
 ) -> ChaosResult:
     """Run the chaos scenario in a fresh namespace and verify what came out."""
     rng = random.Random(seed)
@@ -148,7 +156,7 @@ async def run_chaos(
     naming = Naming.of(run.topics)
     topics = pipeline_topics(run.topics)
     await apply_topics(run.kafka, topics)
-    stages = _Stages(_env(run, prefix))
+    stages = _Stages(_env(run, prefix), log_dir)
     log = ChaosLog()
     grace_s = run.stage.shutdown_drain_timeout_s + 10
     started = time.monotonic()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 from collections.abc import Sequence
@@ -20,9 +21,18 @@ def build(settings: Settings, stage_names: Sequence[str] | None) -> PipelineApp:
     return create_app(settings, stage_names, http=settings.http.enabled)
 
 
+def _log_state(pipeline: PipelineApp) -> None:
+    for runtime in pipeline.runtimes:
+        log.warning("state %s", json.dumps(runtime.engine.describe()))
+
+
 async def serve(settings: Settings, stage_names: Sequence[str] | None) -> int:
-    """Run the stages until SIGTERM/SIGINT (graceful drain) or a stage failure (exit 1)."""
+    """Run the stages until SIGTERM/SIGINT (graceful drain) or a stage failure (exit 1).
+
+    SIGUSR1 logs each stage engine's state (in flight, held keys, paused partitions).
+    """
     pipeline = build(settings, stage_names)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _log_state, pipeline)
     if settings.http.enabled:
         config = uvicorn.Config(
             pipeline.app,
@@ -48,8 +58,18 @@ async def serve(settings: Settings, stage_names: Sequence[str] | None) -> int:
             loop.add_signal_handler(sig, stop.set)
         for runtime in pipeline.runtimes:
             runtime.engine.on_failure = lambda _exc: stop.set()
-        await pipeline.start()
-        await stop.wait()
+        starting = asyncio.create_task(pipeline.start())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            # A stop asked for while still connecting (the broker may be away): give up
+            # the start; nothing was taken, so nothing needs draining.
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+        else:
+            starting.result()
+            await stopping
+        stopping.cancel()
         await pipeline.stop()
     if pipeline.failure is not None:
         log.error("stopped because a stage failed: %r", pipeline.failure)

@@ -37,6 +37,23 @@ class _OrderEventBase(BaseModel):
 class OrderPlaced(_OrderEventBase):
     """A customer placed an order."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "schema_version": 1,
+                    "event_id": "evt-0001",
+                    "order_id": "ord-42",
+                    "sequence": 1,
+                    "occurred_at": "2025-01-31T12:00:00Z",
+                    "kind": "OrderPlaced",
+                    "customer_id": "cus-7",
+                    "currency": "EUR",
+                    "items": [{"sku": "book-1", "quantity": 2, "unit_price_cents": 1_250}],
+                }
+            ]
+        }
+    )
     kind: Literal["OrderPlaced"] = "OrderPlaced"
     customer_id: str = Field(min_length=1, max_length=64)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
@@ -46,6 +63,21 @@ class OrderPlaced(_OrderEventBase):
 class OrderAmended(_OrderEventBase):
     """The customer changed the lines of an open order."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "schema_version": 1,
+                    "event_id": "evt-0002",
+                    "order_id": "ord-42",
+                    "sequence": 2,
+                    "occurred_at": "2025-01-31T12:05:00Z",
+                    "kind": "OrderAmended",
+                    "items": [{"sku": "book-1", "quantity": 3, "unit_price_cents": 1_250}],
+                }
+            ]
+        }
+    )
     kind: Literal["OrderAmended"] = "OrderAmended"
     items: tuple[LineItem, ...] = Field(min_length=1, max_length=100)
 
@@ -53,6 +85,21 @@ class OrderAmended(_OrderEventBase):
 class OrderCancelled(_OrderEventBase):
     """The customer cancelled the order."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "schema_version": 1,
+                    "event_id": "evt-0003",
+                    "order_id": "ord-42",
+                    "sequence": 3,
+                    "occurred_at": "2025-01-31T12:10:00Z",
+                    "kind": "OrderCancelled",
+                    "reason": "customer request",
+                }
+            ]
+        }
+    )
     kind: Literal["OrderCancelled"] = "OrderCancelled"
     reason: str = Field(default="customer request", max_length=200)
 

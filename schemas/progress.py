@@ -29,7 +29,33 @@ class OrderStatus(StrEnum):
 class OrderProgress(BaseModel):
     """An order event on its way through the stages."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(
+        frozen=True,
+        json_schema_extra={
+            "examples": [
+                {
+                    "schema_version": 1,
+                    "event": {
+                        "schema_version": 1,
+                        "event_id": "evt-0001",
+                        "order_id": "ord-42",
+                        "sequence": 1,
+                        "occurred_at": "2025-01-31T12:00:00Z",
+                        "kind": "OrderPlaced",
+                        "customer_id": "cus-7",
+                        "currency": "EUR",
+                        "items": [{"sku": "book-1", "quantity": 2, "unit_price_cents": 1_250}],
+                    },
+                    "status": "fulfilled",
+                    "total_cents": 2_500,
+                    "reservation_id": "rsv-ord-42",
+                    "payment_id": "pay-evt-0001",
+                    "invoice_id": "inv-ord-42",
+                    "shipment_id": "shp-ord-42",
+                }
+            ]
+        },
+    )
 
     schema_version: int = SCHEMA_VERSION
     event: OrderEvent

@@ -202,6 +202,30 @@ class StageEngine:
             self._progress.clear()
             await self._progress.wait()
 
+    def describe(self) -> dict[str, Any]:
+        """The engine's state, for an operator asking what a stage is doing."""
+        return {
+            "stage": self.spec.name,
+            "in_flight": self._in_flight,
+            "closing": self._closing,
+            "failure": repr(self.failure) if self.failure else None,
+            "assigned": sorted(f"{tp.topic}[{tp.partition}]" for tp in self._assigned or ()),
+            "busy_lanes": len(self._lanes),
+            "held_keys": len(self._holds),
+            "waiting_for_due_time": sorted(
+                f"{tp.topic}[{tp.partition}]" for tp in self._resume_timers
+            ),
+            "partitions": {
+                f"{p.tp.topic}[{p.tp.partition}]": {
+                    "in_flight": p.offsets.in_flight,
+                    "safe_offset": p.offsets.safe_offset,
+                    "committed": p.offsets.committed_offset,
+                }
+                for p in self._partitions.values()
+                if p.offsets.in_flight
+            },
+        }
+
     def attach_sink(self, sink: RecordSink) -> None:
         """Send outputs straight to ``sink`` from now on (the stage's started producer)."""
         sink.bind(self._delivered)
