@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.kafka.admin import apply_topics, delete_topics
+from pipeline.kafka.admin import apply_topics, delete_topics, group_members
 from pipeline.kafka.lag import wait_until_drained
 from pipeline.kafka.local import LocalKafka
 from pipeline.kafka.produce import produce_records
@@ -136,6 +136,13 @@ def _env(settings: Settings, prefix: str) -> dict[str, str]:
     }
 
 
+async def _until_members(run: Settings, group: str, members: int, timeout_s: float) -> None:
+    """Wait (polling the group coordinator) until the group has ``members`` members."""
+    async with asyncio.timeout(timeout_s):
+        while await group_members(run.kafka, group) < members:  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+
+
 async def run_chaos(
     settings: Settings,
     *,
@@ -176,8 +183,9 @@ async def run_chaos(
                 stages.revive(log)
             if index == kills // 3 and scale_stage:
                 extra = [stages.start(scale_stage) for _ in range(2)]
+                await _until_members(run, naming.group(scale_stage), 3, timeout_s=60)
                 log.rebalances += 1
-                await asyncio.sleep(rng.uniform(1.0, 2.0))
+                await asyncio.sleep(rng.uniform(0.5, 1.5))
                 for process in extra:
                     stages.stop(process, log, grace_s)
                 log.rebalances += 1

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 
 import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipeline.failures.dead_letters import (
     REPLAYED,
@@ -36,29 +34,10 @@ from pipeline.failures.dead_letters import (
     replay,
 )
 from pipeline.kafka.topology import Naming
-from pipeline.settings import Settings
+from pipeline.settings import ScheduleSettings, Settings
 from pipeline.verify import VerifyReport, verify
 
 log = logging.getLogger(__name__)
-
-
-class ScheduleSettings(BaseSettings):
-    """The periodic jobs (``PIPELINE_SCHEDULE_*``); to be folded into ``Settings``."""
-
-    model_config = SettingsConfigDict(env_prefix="PIPELINE_SCHEDULE_", extra="ignore")
-
-    redrivable_errors: list[str] = Field(
-        default_factory=lambda: ["ServiceUnavailable", "TimeoutError"],
-        description="Exception type names (without module) whose dead letters are re-driven.",
-    )
-    redrive_interval_s: int = Field(default=300, ge=1)
-    redrive_max_per_event: int = Field(
-        default=3, ge=1, description="Replays of one event after which it is left alone."
-    )
-    reconcile_interval_s: int = Field(default=900, ge=1)
-    group: str = Field(default="pipeline-jobs", description="Consumer group of the job runner.")
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 8002
 
 
 class JobMetrics:

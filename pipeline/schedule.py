@@ -38,16 +38,13 @@ from taskiq.cli.scheduler.run import SchedulerLoop
 from taskiq.schedule_sources import LabelScheduleSource
 from taskiq_faststream import BrokerWrapper, StreamScheduler
 
-from pipeline.jobs import JobMetrics, ScheduleSettings, reconcile, redrive_dead_letters
+from pipeline.jobs import JobMetrics, reconcile, redrive_dead_letters
 from pipeline.kafka.admin import apply_topics
 from pipeline.kafka.connection import broker_security
-from pipeline.kafka.topology import Naming, TopicSpec
-from pipeline.settings import Settings
+from pipeline.kafka.topology import JOBS_TOPIC, Naming, TopicSpec, pipeline_topics
+from pipeline.settings import ScheduleSettings, Settings
 
 log = logging.getLogger(__name__)
-
-JOBS_TOPIC = "pipeline.jobs"
-JOBS_RETENTION_MS = 24 * 3600 * 1000
 
 
 class Job(StrEnum):
@@ -66,13 +63,9 @@ class JobTick(BaseModel):
 
 
 def jobs_topic(settings: Settings) -> TopicSpec:
-    """The topic the ticks travel on (one partition: ticks are few and ordered)."""
-    return TopicSpec(
-        name=Naming.of(settings.topics).topic(JOBS_TOPIC),
-        partitions=1,
-        replication_factor=settings.topics.replication_factor,
-        config={"retention.ms": str(JOBS_RETENTION_MS), "cleanup.policy": "delete"},
-    )
+    """The topic the ticks travel on, as the topology defines it."""
+    wanted = Naming.of(settings.topics).topic(JOBS_TOPIC)
+    return next(spec for spec in pipeline_topics(settings.topics) if spec.name == wanted)
 
 
 @dataclass(slots=True)

@@ -76,7 +76,8 @@ class StageSettings(BaseSettings):
     revoke_drain_timeout_s: float = Field(default=10.0, ge=0)
     shutdown_drain_timeout_s: float = Field(default=20.0, ge=0)
     max_poll_interval_ms: int = 300_000
-    session_timeout_ms: int = 45_000
+    session_timeout_ms: int = 10_000
+    rebalance_timeout_ms: int = 30_000
     producer_linger_ms: int = 5
     producer_max_batch_bytes: int = 512 * 1024
     dedupe_window: int = Field(default=60_000, ge=0)
@@ -109,6 +110,48 @@ class HttpSettings(BaseSettings):
     enabled: bool = True
 
 
+class IngressSettings(BaseSettings):
+    """The order API: where it listens, how long a publish may take, its projection."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_API_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    publish_timeout_s: float = Field(
+        default=10.0, gt=0, description="How long POST /orders waits for Kafka's ack."
+    )
+    projection_group: str = Field(
+        default="ingress-projection",
+        description="Consumer group of the status projection (prefixed like every group).",
+    )
+    projection_batch: int = Field(default=500, ge=1)
+    idempotency_ttl_s: float = Field(
+        default=24 * 3600, gt=0, description="How long an Idempotency-Key is remembered."
+    )
+    idempotency_max_keys: int = Field(
+        default=100_000, ge=1, description="Keys the in-process store keeps at most."
+    )
+
+
+class ScheduleSettings(BaseSettings):
+    """The periodic jobs (``PIPELINE_SCHEDULE_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PIPELINE_SCHEDULE_", extra="ignore")
+
+    redrivable_errors: list[str] = Field(
+        default_factory=lambda: ["ServiceUnavailable", "TimeoutError"],
+        description="Exception type names (without module) whose dead letters are re-driven.",
+    )
+    redrive_interval_s: int = Field(default=300, ge=1)
+    redrive_max_per_event: int = Field(
+        default=3, ge=1, description="Replays of one event after which it is left alone."
+    )
+    reconcile_interval_s: int = Field(default=900, ge=1)
+    group: str = Field(default="pipeline-jobs", description="Consumer group of the job runner.")
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 8002
+
+
 class Settings(BaseModel):
     """The whole configuration tree; each branch reads its own ``PIPELINE_*`` variables."""
 
@@ -118,6 +161,8 @@ class Settings(BaseModel):
     stage: StageSettings = Field(default_factory=StageSettings)
     services: ServiceSettings = Field(default_factory=ServiceSettings)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    api: IngressSettings = Field(default_factory=IngressSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
 
     @model_validator(mode="after")
     def _one_delay_per_retry_topic(self) -> Settings:

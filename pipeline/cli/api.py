@@ -17,8 +17,9 @@ def serve_api(
     """Serve the order API until SIGTERM (the broker is stopped with the app)."""
     import uvicorn
 
-    from pipeline.ingress import IngressSettings, create_ingress
+    from pipeline.ingress import create_ingress
 
-    api = IngressSettings()
-    app = create_ingress(load_settings(), api)
+    settings = load_settings()
+    api = settings.api
+    app = create_ingress(settings, api)
     uvicorn.run(app, host=host or api.host, port=port or api.port, log_level="info")

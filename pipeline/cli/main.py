@@ -13,9 +13,12 @@ from rich.progress import Progress
 from rich.table import Table
 
 from pipeline import loop
+from pipeline.cli.api import serve_api
+from pipeline.cli.asyncapi import asyncapi
 from pipeline.cli.bench import bench
 from pipeline.cli.dlq import dlq_app
 from pipeline.cli.kafka import kafka_app
+from pipeline.cli.schedule import schedule
 from pipeline.cli.topics import topics_app
 from pipeline.errors import PipelineError
 from pipeline.kafka.produce import produce_records
@@ -31,6 +34,9 @@ app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
 app.add_typer(dlq_app, name="dlq")
 app.command()(bench)
+app.command("serve-api")(serve_api)
+app.command()(asyncapi)
+app.command()(schedule)
 console = Console()
 
 

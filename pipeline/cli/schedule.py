@@ -10,11 +10,10 @@ from pipeline.settings import load_settings
 
 def schedule() -> None:
     """Run the job scheduler and runner until SIGTERM; /metrics on the schedule port."""
-    from pipeline.jobs import ScheduleSettings
     from pipeline.schedule import serve
 
     logging_setup()
-    raise typer.Exit(loop.run(serve(load_settings(), ScheduleSettings())))
+    raise typer.Exit(loop.run(serve(settings := load_settings(), settings.schedule)))
 
 
 def logging_setup() -> None:

@@ -23,7 +23,7 @@ from pipeline.kafka.topology import STAGE_NAMES, Naming
 from pipeline.settings import KafkaSettings
 from pipeline.verify import read_topic
 
-REPLAY_OF = "pipeline.replay.of"
+REPLAY_OF = provenance.REPLAY_OF
 REPLAYED = "replayed"
 DISCARDED = "discarded"
 

@@ -25,6 +25,7 @@ ERROR_STACK = "pipeline.error.stack"
 FIRST_FAILURE_AT = "pipeline.failure.first_at"
 LAST_FAILURE_AT = "pipeline.failure.last_at"
 REPLAYED_AT = "pipeline.replay.at"
+REPLAY_OF = "pipeline.replay.of"
 
 MAX_MESSAGE_CHARS = 500
 MAX_STACK_CHARS = 2_000

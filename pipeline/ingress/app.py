@@ -78,7 +78,7 @@ def idempotency_store(request: Request) -> IdempotencyStore:
 
 def create_ingress(settings: Settings, api: IngressSettings | None = None) -> FastAPI:
     """The order API for ``settings``' cluster and topic namespace."""
-    api = api or IngressSettings()
+    api = api or settings.api
     naming = Naming.of(settings.topics)
     router = KafkaRouter(
         settings.kafka.bootstrap_servers,

@@ -212,3 +212,12 @@ async def delete_topics(
             # The broker offers no notification for finished deletions: poll it.
             while set(doomed) & set(await client.list_topics()):  # noqa: ASYNC110
                 await asyncio.sleep(0.2)
+
+
+async def group_members(settings: KafkaSettings, group: str) -> int:
+    """How many members the consumer group has right now."""
+    async with admin_client(settings) as client:
+        [description] = await client.describe_consumer_groups([group])
+    # DescribeGroups response: groups[i] = (error, group, state, protocol type, protocol,
+    # members, ...)
+    return len(description.groups[0][5])

@@ -16,6 +16,10 @@ ORDERS_RESERVED = "orders.reserved"
 ORDERS_PAID = "orders.paid"
 ORDERS_FULFILLED = "orders.fulfilled"
 
+JOBS_TOPIC = "pipeline.jobs"
+"""Ticks of the scheduled jobs (``pipeline schedule``)."""
+JOBS_RETENTION_MS = 24 * 3600 * 1000
+
 STAGE_NAMES = ("validate", "reserve", "pay", "fulfil")
 """The stages in flow order; each stage's consumer group id is its name."""
 
@@ -140,9 +144,16 @@ def pipeline_topics(settings: TopologySettings) -> list[TopicSpec]:
         )
         for stage in STAGE_NAMES
     ]
+    jobs = TopicSpec(
+        name=naming.topic(JOBS_TOPIC),
+        partitions=1,  # ticks are few and ordered
+        replication_factor=settings.replication_factor,
+        config={"retention.ms": str(JOBS_RETENTION_MS), "cleanup.policy": "delete"},
+    )
     return (
         [topic(name, settings.retention_ms) for name in flow]
         + ladder
         + holds
         + [topic(name, settings.dlq_retention_ms) for name in dead_letter_topics()]
+        + [jobs]
     )

@@ -31,7 +31,14 @@ from pipeline.errors import PipelineError, UndecodableRecord
 from pipeline.failures.classify import Verdict
 from pipeline.failures.holds import Hold, encode_hold, load_holds
 from pipeline.failures.ladder import Ladder, rung_headers, rung_of
-from pipeline.failures.provenance import HEADER_PREFIX, Failure, Headers, failure_headers, now
+from pipeline.failures.provenance import (
+    HEADER_PREFIX,
+    REPLAY_OF,
+    Failure,
+    Headers,
+    failure_headers,
+    now,
+)
 from pipeline.kafka.topology import Naming
 from pipeline.runtime.dedupe import RecentIds, event_id_of, recent_event_ids
 from pipeline.runtime.eager import Pending, step
@@ -359,7 +366,7 @@ class StageEngine:
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             return self._dead_letter(record, partition, UndecodableRecord(str(exc)), 1, None)
         recent = self._recent
-        if recent is not None and self._identify(event) in recent:
+        if recent is not None and self._identify(event) in recent and not _replayed(record):
             return self._skip(record, partition)  # redelivered: its output exists already
         try:
             result = step(self._handler(event, self.services))
@@ -767,6 +774,12 @@ class StageEngine:
         number = partition.tp.partition
         self._lanes.drop([lane for lane in self._lanes.busy_keys() if lane[0] == number])
         self._capacity.set()
+
+
+def _replayed(record: ConsumerRecord) -> bool:
+    """Whether an operator sent this record back from a dead-letter topic (its id is
+    known from the dead letter, yet it must be processed)."""
+    return any(name == REPLAY_OF for name, _ in record.headers or ())
 
 
 def _first_failure(record: ConsumerRecord) -> Any:

@@ -144,7 +144,10 @@ class StageRuntime:
             auto_offset_reset="earliest",
             listener=_EngineListener(engine, settings),
             max_poll_interval_ms=settings.max_poll_interval_ms,
+            # A killed member is noticed after the session timeout; the whole group waits
+            # for it in the meantime, so this is the failover time after a kill -9.
             session_timeout_ms=settings.session_timeout_ms,
+            rebalance_timeout_ms=settings.rebalance_timeout_ms,
             heartbeat_interval_ms=min(3_000, settings.session_timeout_ms // 3),
             title=f"{source}:{spec.name}",
             decoder=_records_undecoded,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 
-from pipeline.kafka.admin import admin_client
+from pipeline.kafka.admin import group_members
 from pipeline.kafka.topology import Naming
 from pipeline.settings import Settings
 from tests.integration.helpers import (
@@ -29,12 +29,6 @@ async def test_two_thousand_orders_flow_through_four_stages_in_order(
     assert {"fulfilled", "cancelled", "declined", "out_of_stock"} <= set(report.statuses)
 
 
-async def _group_members(settings: Settings, group: str) -> int:
-    async with admin_client(settings.kafka) as admin:
-        [description] = await admin.describe_consumer_groups([group])
-    return len(description.groups[0][5]) if hasattr(description, "groups") else 0
-
-
 async def test_two_validate_processes_share_the_input_as_one_group(
     settings: Settings, topics: Naming
 ) -> None:
@@ -43,7 +37,7 @@ async def test_two_validate_processes_share_the_input_as_one_group(
         async with running(settings, ["reserve", "pay", "fulfil"]):
             await produce_orders(settings, 2_000)
             report = await drain_and_verify(settings)
-            members = await _group_members(settings, topics.group("validate"))
+            members = await group_members(settings.kafka, topics.group("validate"))
     finally:
         for process in processes:
             process.send_signal(signal.SIGTERM)

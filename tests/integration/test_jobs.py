@@ -12,12 +12,11 @@ from collections.abc import Awaitable, Callable
 from prometheus_client import CollectorRegistry
 
 from pipeline.failures.dead_letters import DeadLetterFilter, list_dead_letters
-from pipeline.jobs import ScheduleSettings
 from pipeline.kafka.admin import apply_topics
 from pipeline.kafka.topology import Naming, pipeline_topics
 from pipeline.schedule import Job, create_schedule, running_schedule
 from pipeline.services import Services, simulated_services
-from pipeline.settings import Settings
+from pipeline.settings import ScheduleSettings, Settings
 from pipeline.workload import invalid_records
 from tests.integration.helpers import drain_and_verify, produce, produce_orders, running
 from tests.integration.test_retry_ladder import BrokenPayment
