@@ -107,6 +107,18 @@ def show(dead_letter_id: Annotated[str, typer.Argument(help="stage:partition:off
     typer.echo(json.dumps(letters[0].as_dict(), indent=2))
 
 
+def _act(
+    action: str,
+    ids: list[str] | None,
+    selection: tuple[list[str] | None, str | None, str | None, str | None, str | None],
+) -> None:
+    letters, naming = _select(_selection(*selection, tuple(ids or ())))
+    settings = load_settings()
+    operation = replay if action == "replayed" else discard
+    done = asyncio.run(operation(settings.kafka, naming, letters))
+    console.print(f"{action} {len(done)} dead letters")
+
+
 @dlq_app.command("replay")
 def replay_command(
     ids: Annotated[list[str] | None, typer.Argument(help="stage:partition:offset ...")] = None,
@@ -117,10 +129,7 @@ def replay_command(
     until: UntilOption = None,
 ) -> None:
     """Send the selected dead letters back to their stage's input, once each."""
-    letters, naming = _select(_selection(stage, exception, key, since, until, tuple(ids or ())))
-    settings = load_settings()
-    done = asyncio.run(replay(settings.kafka, naming, letters))
-    console.print(f"replayed {len(done)} dead letters")
+    _act("replayed", ids, (stage, exception, key, since, until))
 
 
 @dlq_app.command("discard")
@@ -133,7 +142,4 @@ def discard_command(
     until: UntilOption = None,
 ) -> None:
     """Mark the selected dead letters as dealt with, without replaying them."""
-    letters, naming = _select(_selection(stage, exception, key, since, until, tuple(ids or ())))
-    settings = load_settings()
-    done = asyncio.run(discard(settings.kafka, naming, letters))
-    console.print(f"discarded {len(done)} dead letters")
+    _act("discarded", ids, (stage, exception, key, since, until))

@@ -58,7 +58,12 @@ def failure_headers(record: ConsumerRecord, stage: str, failure: Failure) -> Hea
     """
     exc = failure.error
     stack = "".join(traceback.format_exception(exc))[-MAX_STACK_CHARS:]
-    kept = [(k, v) for k, v in record.headers if not k.startswith(HEADER_PREFIX)]
+    # The replay marker stays: a replayed record that fails again is still a replay.
+    kept = [
+        (k, v)
+        for k, v in record.headers
+        if not k.startswith(HEADER_PREFIX) or k in (REPLAY_OF, REPLAYED_AT)
+    ]
     origin = dict(record.headers)
     key = record.key.decode(errors="replace") if record.key is not None else ""
     return [

@@ -377,10 +377,7 @@ class StageEngine:
                 partial(self._on_handler_done, record, partition, event, started)
             )
             return False
-        self._observer.handled(time.perf_counter() - started, event)
-        if self._recent is not None:
-            self._recent.add(self._identify(event))
-        return self._succeeded(record, partition, encode(result))
+        return self._handled(record, partition, event, started, result)
 
     def _traced(self, record: ConsumerRecord, headers: Headers) -> Headers:
         """``headers`` carrying the record's span as the parent of what comes next."""
@@ -396,6 +393,20 @@ class StageEngine:
             span = self._spans.pop(id(record), None)
             if span is not None:
                 self.tracing.end(span, outcome, error)
+
+    def _handled(
+        self,
+        record: ConsumerRecord,
+        partition: _Partition,
+        event: Any,
+        started: float,
+        result: Any,
+    ) -> bool:
+        """The handler succeeded: count it, remember the event, queue its output."""
+        self._observer.handled(time.perf_counter() - started, event)
+        if self._recent is not None:
+            self._recent.add(self._identify(event))
+        return self._succeeded(record, partition, encode(result))
 
     def _skip(self, record: ConsumerRecord, partition: _Partition) -> bool:
         """Finish a record without output (a duplicate of one already handled)."""
@@ -419,10 +430,7 @@ class StageEngine:
         if exc is not None:
             issued = self._on_error(record, partition, event, exc, started)
         else:
-            self._observer.handled(time.perf_counter() - started, event)
-            if self._recent is not None:
-                self._recent.add(self._identify(event))
-            issued = self._succeeded(record, partition, encode(task.result()))
+            issued = self._handled(record, partition, event, started, task.result())
         if issued:
             self._continue_lane(record, partition)
 
@@ -487,10 +495,7 @@ class StageEngine:
             return
         exc = task.exception()
         if exc is None:
-            self._observer.handled(time.perf_counter() - started, event)
-            if self._recent is not None:
-                self._recent.add(self._identify(event))
-            issued = self._succeeded(record, partition, encode(task.result()))
+            issued = self._handled(record, partition, event, started, task.result())
         elif self.spec.error_policy(exc) is Verdict.FAIL_STAGE:
             self.fail(exc)
             return

@@ -126,12 +126,25 @@ def test_second_failure_keeps_the_original_origin_and_replaces_old_provenance() 
     assert headers["traceparent"] == TRACEPARENT
 
 
-def test_earlier_provenance_outside_the_origin_is_dropped() -> None:
-    replayed = _record(headers=[(provenance.REPLAYED_AT, b"2026-01-01T00:00:00+00:00")])
+def test_a_replay_marker_survives_a_new_failure() -> None:
+    marker = [
+        (provenance.REPLAY_OF, b"pay.dlq/0/7"),
+        (provenance.REPLAYED_AT, b"2026-01-01T00:00:00+00:00"),
+    ]
 
-    headers = dict(failure_headers(replayed, "pay", _failure()))
+    headers = dict(failure_headers(_record(headers=marker), "pay", _failure()))
 
-    assert provenance.REPLAYED_AT not in headers
+    assert headers[provenance.REPLAY_OF] == b"pay.dlq/0/7"
+    assert headers[provenance.REPLAYED_AT] == b"2026-01-01T00:00:00+00:00"
+
+
+def test_earlier_failure_provenance_is_replaced() -> None:
+    failed = _record(headers=[(provenance.ERROR_TYPE, b"OldError")])
+
+    headers = failure_headers(failed, "pay", _failure())
+
+    assert [value for name, value in headers if name == provenance.ERROR_TYPE] != [b"OldError"]
+    assert sum(name == provenance.ERROR_TYPE for name, _ in headers) == 1
 
 
 def test_records_own_headers_are_kept_in_order_before_provenance() -> None:
