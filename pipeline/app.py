@@ -89,8 +89,10 @@ def create_app(
         client_id=settings.kafka.client_id_prefix,
         context=context,
         request_timeout_ms=settings.kafka.request_timeout_ms,
-        # FastStream logs every batch at INFO; per-batch lines belong at DEBUG.
+        # FastStream logs every batch at INFO; per-batch lines belong at DEBUG. Its lines
+        # go through the pipeline's logging configuration like everything else.
         log_level=logging.DEBUG,
+        logger=logging.getLogger("pipeline.faststream"),
         middlewares=middlewares,
     )
     runtimes = [

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
-from pipeline.app import PipelineApp
 from pipeline.broker import ensure_broker
+from pipeline.ingress import create_ingress
 from pipeline.kafka.admin import apply_topics, delete_topics
 from pipeline.kafka.lag import wait_until_drained
 from pipeline.kafka.produce import produce_records
@@ -56,10 +58,16 @@ async def run_demo(
     say(f"topics: {len(report.created)} created, {len(report.unchanged)} unchanged")
     pipeline = build(settings, STAGE_NAMES)
     await pipeline.start()
-    http = await _serve_http(pipeline, settings) if settings.http.enabled else None
+    http = None
+    if settings.http.enabled:
+        http = await _serve(pipeline.app, settings.http.host, settings.http.port, lifespan=False)
     if http is not None:
         base = f"http://{settings.http.host}:{settings.http.port}"
         say(f"stage endpoints: {base}/metrics {base}/health {base}/ready")
+    api = await _serve(create_ingress(settings), settings.api.host, settings.api.port)
+    if api is not None:
+        base = f"http://{settings.api.host}:{settings.api.port}"
+        say(f"order API: POST {base}/orders, GET {base}/orders/{{id}}, docs at {base}/docs")
     started = time.perf_counter()
     try:
         produced = await produce_records(
@@ -78,29 +86,35 @@ async def run_demo(
         )
         seconds = time.perf_counter() - started
     finally:
-        if http is not None:
-            http.should_exit = True
+        for server in (http, api):
+            if server is not None:
+                server.should_exit = True
         await pipeline.stop()
     if pipeline.failure is not None:
         raise RuntimeError(f"a stage failed: {pipeline.failure!r}")
     return DemoResult(bootstrap, produced, seconds, await verify(settings.kafka, naming))
 
 
-async def _serve_http(pipeline: PipelineApp, settings: Settings) -> uvicorn.Server | None:
-    """Serve the stages' HTTP endpoints beside the demo (the app itself is already
-    started, so uvicorn runs without lifespan)."""
+async def _serve(app: Any, host: str, port: int, *, lifespan: bool = True) -> uvicorn.Server | None:
+    """Serve ``app`` beside the demo; ``None`` (with a warning) when the port is taken.
+
+    The stages' app is already started, so it runs without lifespan; the order API
+    starts its own broker connection in its lifespan.
+    """
+    with socket.socket() as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            log.warning("%s:%d not served: %s", host, port, exc)
+            return None
     config = uvicorn.Config(
-        pipeline.app,
-        host=settings.http.host,
-        port=settings.http.port,
-        lifespan="off",
-        log_level="warning",
+        app, host=host, port=port, lifespan="on" if lifespan else "off", log_level="warning"
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
-            log.warning("HTTP endpoints not served: %r", task.exception())
+            log.warning("%s:%d not served: %r", host, port, task.exception())
             return None
         await asyncio.sleep(0.02)  # uvicorn offers no event for "listening"
     return server

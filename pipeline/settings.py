@@ -6,19 +6,11 @@ once at the edge (the CLI, a test fixture) and passed down.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-
-class ProcessingGuarantee(StrEnum):
-    """How a stage couples its outputs to its input offsets."""
-
-    AT_LEAST_ONCE = "at_least_once"
-    EXACTLY_ONCE = "exactly_once"
 
 
 class KafkaSettings(BaseSettings):
@@ -85,7 +77,6 @@ class StageSettings(BaseSettings):
     retry_delays_s: list[float] = Field(default_factory=lambda: [1.0, 10.0, 60.0])
     ordering: Literal["key", "none"] = "key"
     on_dead_letter: Literal["release"] = "release"
-    processing_guarantee: ProcessingGuarantee = ProcessingGuarantee.AT_LEAST_ONCE
 
 
 class ServiceSettings(BaseSettings):
