@@ -145,7 +145,7 @@ def demo(
     _configure_logging(False)
     logging.getLogger().setLevel(logging.WARNING)
     for noisy in ("faststream", "faststream.access.kafka", "aiokafka"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
     settings = load_settings()
     if fail_rate is not None:
         services = settings.services.model_copy(update={"transient_failure_rate": fail_rate})

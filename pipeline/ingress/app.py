@@ -90,6 +90,7 @@ def create_ingress(settings: Settings, api: IngressSettings | None = None) -> Fa
         enable_idempotence=True,
         schema_url=None,  # /asyncapi documents the whole pipeline, not this router
         log_level=logging.DEBUG,
+        logger=logging.getLogger("pipeline.ingress.faststream"),
     )
     events = router.publisher(
         naming.topic(ORDERS_EVENTS),
