@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiokafka.errors import KafkaError
+
 from pipeline.kafka.admin import apply_topics, delete_topics, group_members
 from pipeline.kafka.lag import wait_until_drained
 from pipeline.kafka.local import LocalKafka
@@ -139,7 +141,12 @@ def _env(settings: Settings, prefix: str) -> dict[str, str]:
 async def _until_members(run: Settings, group: str, members: int, timeout_s: float) -> None:
     """Wait (polling the group coordinator) until the group has ``members`` members."""
     async with asyncio.timeout(timeout_s):
-        while await group_members(run.kafka, group) < members:  # noqa: ASYNC110
+        while True:
+            try:
+                if await group_members(run.kafka, group) >= members:
+                    return
+            except KafkaError:
+                pass  # the coordinator may be moving (a broker restart): ask again
             await asyncio.sleep(0.5)
 
 

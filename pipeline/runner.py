@@ -24,6 +24,9 @@ def build(settings: Settings, stage_names: Sequence[str] | None) -> PipelineApp:
 def _log_state(pipeline: PipelineApp) -> None:
     for runtime in pipeline.runtimes:
         log.warning("state %s", json.dumps(runtime.engine.describe()))
+    for task in asyncio.all_tasks():
+        frames = [f"{frame.f_code.co_name}:{frame.f_lineno}" for frame in task.get_stack(limit=8)]
+        log.warning("task %s %s", task.get_name(), " <- ".join(reversed(frames)))
 
 
 async def serve(settings: Settings, stage_names: Sequence[str] | None) -> int:

@@ -93,6 +93,10 @@ class ConsumerControl(Protocol):
         """Fetch ``partition`` from ``offset`` next."""
         ...
 
+    def describe(self) -> dict[str, Any]:
+        """The consumer's view: paused partitions and fetch positions."""
+        ...
+
 
 class _Joint:
     """A receipt shared by several output records: the input finishes with the last."""
@@ -229,8 +233,8 @@ class StageEngine:
                     "committed": p.offsets.committed_offset,
                 }
                 for p in self._partitions.values()
-                if p.offsets.in_flight
             },
+            "consumer": self.control.describe() if self.control is not None else None,
         }
 
     def attach_sink(self, sink: RecordSink) -> None:

@@ -64,6 +64,21 @@ class ConsumerFlow:
         """Fetch ``partition`` from ``offset`` next."""
         self._consumer.seek(partition, offset)
 
+    def describe(self) -> dict[str, Any]:
+        """Paused partitions and the positions the consumer will fetch next."""
+        state = self._consumer._subscription.subscription  # noqa: SLF001 - no public view
+        positions = {}
+        if state is not None and state.assignment is not None:
+            for tp in state.assignment.tps:
+                tp_state = state.assignment.state_value(tp)
+                positions[f"{tp.topic}[{tp.partition}]"] = (
+                    tp_state.position if tp_state.has_valid_position else None
+                )
+        return {
+            "paused": sorted(f"{tp.topic}[{tp.partition}]" for tp in self._consumer.paused()),
+            "positions": positions,
+        }
+
 
 class _EngineListener(ConsumerRebalanceListener):  # type: ignore[misc]
     """Drains and commits revoked partitions before the group moves them elsewhere."""
