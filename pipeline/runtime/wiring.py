@@ -66,7 +66,7 @@ class ConsumerFlow:
 
     def describe(self) -> dict[str, Any]:
         """Paused partitions and the positions the consumer will fetch next."""
-        state = self._consumer._subscription.subscription  # noqa: SLF001 - no public view
+        state = self._consumer._subscription.subscription
         positions = {}
         if state is not None and state.assignment is not None:
             for tp in state.assignment.tps:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from pydantic_settings import BaseSettings
 
 from pipeline.kafka.topology import STAGE_NAMES
-from pipeline.settings import LocalKafkaSettings, Settings
+from pipeline.settings import LocalKafkaSettings
+from tests.unit.settings_env import settings_env_names, settings_from
 
 pytestmark = pytest.mark.unit
 
@@ -19,29 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.kafka.yml"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 GRAFANA_DASHBOARD_PROVIDERS = ROOT / "deploy" / "grafana" / "provisioning" / "dashboards"
-
-
-def settings_env_names() -> set[str]:
-    """Every ``PIPELINE_*`` variable the settings tree reads: each branch's env_prefix plus
-    its field names (pydantic-settings matches them case-insensitively)."""
-    names: set[str] = set()
-    for branch_field in Settings.model_fields.values():
-        branch = branch_field.annotation
-        assert isinstance(branch, type), branch
-        assert issubclass(branch, BaseSettings), branch
-        prefix = branch.model_config.get("env_prefix", "")
-        names |= {f"{prefix}{name}".upper() for name in branch.model_fields}
-    return names
-
-
-def settings_from(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The settings a process with exactly this ``PIPELINE_*`` environment would build."""
-    for name in list(os.environ):
-        if name.upper().startswith("PIPELINE_"):
-            monkeypatch.delenv(name)
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    return Settings()
 
 
 def load_compose() -> dict[str, Any]:

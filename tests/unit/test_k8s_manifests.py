@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,10 +11,10 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic_settings import BaseSettings
 
 from pipeline.kafka.topology import STAGE_NAMES, Naming
 from pipeline.settings import Settings
+from tests.unit.settings_env import settings_env_names, settings_from
 
 pytestmark = pytest.mark.unit
 
@@ -98,28 +97,6 @@ def container_environment(manifests: tuple[Manifest, ...], deployment: Manifest)
         if "value" in variable:
             environment[variable["name"]] = str(variable["value"])
     return environment
-
-
-def settings_env_names() -> set[str]:
-    """Every ``PIPELINE_*`` variable the settings tree reads (env_prefix + field name)."""
-    names: set[str] = set()
-    for branch_field in Settings.model_fields.values():
-        branch = branch_field.annotation
-        assert isinstance(branch, type), branch
-        assert issubclass(branch, BaseSettings), branch
-        prefix = branch.model_config.get("env_prefix", "")
-        names |= {f"{prefix}{name}".upper() for name in branch.model_fields}
-    return names
-
-
-def settings_from(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The settings a process with exactly this ``PIPELINE_*`` environment would build."""
-    for name in list(os.environ):
-        if name.upper().startswith("PIPELINE_"):
-            monkeypatch.delenv(name)
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
-    return Settings()
 
 
 def stage_settings(
