@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -56,10 +56,16 @@ class TopologySettings(BaseSettings):
     dlq_retention_ms: int = 30 * 24 * 3600 * 1000
 
 
+Guarantee = Literal["at_least_once", "exactly_once"]
+"""``exactly_once``: a stage's outputs and its input offsets commit in one transaction."""
+
+
 class StageSettings(BaseSettings):
     """Tuning shared by every stage (``PIPELINE_STAGE_*``)."""
 
-    model_config = SettingsConfigDict(env_prefix="PIPELINE_STAGE_", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="PIPELINE_STAGE_", extra="ignore", populate_by_name=True
+    )
 
     max_in_flight: int = Field(default=10_000, ge=1)
     fetch_max_records: int = Field(default=2_000, ge=1)
@@ -77,6 +83,30 @@ class StageSettings(BaseSettings):
     retry_delays_s: list[float] = Field(default_factory=lambda: [1.0, 10.0, 60.0])
     ordering: Literal["key", "none"] = "key"
     on_dead_letter: Literal["release"] = "release"
+    processing_guarantee: Guarantee = Field(
+        default="at_least_once",
+        validation_alias=AliasChoices(
+            "PIPELINE_PROCESSING_GUARANTEE", "PIPELINE_STAGE_PROCESSING_GUARANTEE"
+        ),
+        description="For every stage; PIPELINE_STAGE_PROCESSING_GUARANTEES overrides per stage.",
+    )
+    processing_guarantees: dict[str, Guarantee] = Field(
+        default_factory=dict,
+        description='Per stage, e.g. {"pay": "exactly_once"}; wins over the global one.',
+    )
+    transaction_interval_ms: int = Field(
+        default=100, ge=10, description="exactly_once: how often a stage commits its transaction."
+    )
+    transaction_drain_timeout_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="exactly_once: how long a commit waits for in-flight records to finish.",
+    )
+    transaction_timeout_ms: int = Field(default=60_000, ge=1_000)
+
+    def guarantee_of(self, stage: str) -> Guarantee:
+        """The processing guarantee ``stage`` runs with."""
+        return self.processing_guarantees.get(stage, self.processing_guarantee)
 
 
 class ServiceSettings(BaseSettings):

@@ -46,7 +46,9 @@ async def load_holds(
     a tombstone releases."""
     if not partitions:
         return {}
-    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **client_options(settings), enable_auto_commit=False, isolation_level="read_committed"
+    )
     await consumer.start()
     holds: dict[tuple[int, bytes], Hold] = {}
     try:

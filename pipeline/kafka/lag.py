@@ -20,7 +20,9 @@ async def end_offsets(settings: KafkaSettings, topics: Sequence[str]) -> dict[To
     tps = await topic_partitions(settings, list(topics))
     if not tps:
         return {}
-    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **client_options(settings), enable_auto_commit=False, isolation_level="read_committed"
+    )
     await consumer.start()
     try:
         return dict(await consumer.end_offsets(tps))
@@ -42,16 +44,64 @@ async def stage_lag(
         for stage in stages
     }
     ends = await end_offsets(settings, [topic for topics in consumed.values() for topic in topics])
-    lag: dict[str, int] = {}
+    behind: dict[str, dict[TopicPartition, int]] = {}
     async with admin_client(settings) as admin:
         for stage in stages:
             committed = await admin.list_consumer_group_offsets(naming.group(stage))
-            lag[stage] = sum(
-                end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
-                for tp, end in ends.items()
+            behind[stage] = {
+                tp: committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0
+                for tp in ends
                 if tp.topic in consumed[stage]
-            )
-    return lag
+            }
+    # A transactional upstream ends a partition with a commit marker: an offset with no
+    # record behind it, which a group that consumed everything may not have passed.
+    close = {
+        tp: offset
+        for positions in behind.values()
+        for tp, offset in positions.items()
+        if 0 < ends[tp] - offset <= _MARKERS_AT_MOST
+    }
+    only_markers = await _only_markers_left(settings, close, ends) if close else set()
+    return {
+        stage: sum(
+            ends[tp] - offset
+            for tp, offset in positions.items()
+            if not (tp in only_markers and close[tp] == offset)
+        )
+        for stage, positions in behind.items()
+    }
+
+
+_MARKERS_AT_MOST = 2
+"""Lag this small may be transaction markers only; larger lag is records for sure."""
+
+
+async def _only_markers_left(
+    settings: KafkaSettings, starts: dict[TopicPartition, int], ends: dict[TopicPartition, int]
+) -> set[TopicPartition]:
+    """Partitions with no committed record between ``starts`` and their end."""
+    consumer = AIOKafkaConsumer(
+        **client_options(settings), enable_auto_commit=False, isolation_level="read_committed"
+    )
+    await consumer.start()
+    empty: set[TopicPartition] = set()
+    try:
+        consumer.assign(list(starts))
+        for tp, offset in starts.items():
+            consumer.seek(tp, offset)
+        pending = set(starts)
+        for _ in range(3):
+            batch = await consumer.getmany(*pending, timeout_ms=200)
+            pending -= {tp for tp, records in batch.items() if records}
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+                    empty.add(tp)
+            if not pending:
+                break
+    finally:
+        await stop_consumer(consumer)
+    return empty
 
 
 async def wait_until_drained(

@@ -83,6 +83,9 @@ class BatchingSink:
         self._flusher: asyncio.Task[None] | None = None
         self.on_error: Callable[[BaseException], None] | None = None
         self._on_delivered: Delivered | None = None
+        # Closed while a transaction commits: batches sealed meanwhile wait for the next.
+        self.gate = asyncio.Event()
+        self.gate.set()
 
     def bind(self, on_delivered: Delivered) -> None:
         """Who hears about deliveries (the engine)."""
@@ -92,12 +95,16 @@ class BatchingSink:
         """Start the flusher task."""
         self._flusher = asyncio.create_task(self._flush_forever())
 
-    async def close(self) -> None:
-        """Flush what is open and stop the flusher."""
+    async def flush(self) -> None:
+        """Return once everything appended so far has been handed to the producer."""
         self._seal_all()
         if self._flusher is not None and not self._flusher.done() and self._sealed:
             self._idle.clear()
             await self._idle.wait()
+
+    async def close(self) -> None:
+        """Flush what is open and stop the flusher."""
+        await self.flush()
         if self._flusher is not None:
             self._flusher.cancel()
             await asyncio.gather(self._flusher, return_exceptions=True)
@@ -141,6 +148,8 @@ class BatchingSink:
         sealed = self._sealed
         while True:
             while sealed:
+                if not self.gate.is_set():
+                    await self.gate.wait()
                 batch = sealed[0]
                 try:
                     delivery = await producer.send_batch(

@@ -60,7 +60,9 @@ async def recent_event_ids(
     """Event ids of the last ``per_partition`` records of each partition, oldest first."""
     if not partitions or per_partition <= 0:
         return []
-    consumer = AIOKafkaConsumer(**client_options(settings), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        **client_options(settings), enable_auto_commit=False, isolation_level="read_committed"
+    )
     await consumer.start()
     found: list[str] = []
     try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from typing import Any, Protocol
 
@@ -78,6 +78,24 @@ class OffsetCommitter(Protocol):
         ...
 
 
+class Transactions(OffsetCommitter, Protocol):
+    """``exactly_once``: a transactional producer per input partition (the sink too)."""
+
+    async def assign(self, numbers: Iterable[int]) -> None:
+        """Start producers for newly owned partition numbers, fencing earlier owners."""
+        ...
+
+    async def release(self, numbers: Iterable[int]) -> None:
+        """Close the producers of partition numbers given back."""
+        ...
+
+    async def commit_partitions(
+        self, offsets: dict[TopicPartition, int], numbers: Iterable[int] | None
+    ) -> None:
+        """Commit the open transactions of ``numbers`` (all when ``None``) with offsets."""
+        ...
+
+
 class ConsumerControl(Protocol):
     """Flow control on the stage's consumer, for waiting out retry delays."""
 
@@ -91,6 +109,11 @@ class ConsumerControl(Protocol):
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
         """Fetch ``partition`` from ``offset`` next."""
+        ...
+
+    def position(self, partition: TopicPartition) -> int | None:
+        """The next offset the consumer hands out for ``partition`` (past any
+        transaction markers), if known."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -175,6 +198,10 @@ class StageEngine:
         self._progress = asyncio.Event()
         self._committer: OffsetCommitter | None = None
         self._commit_lock = asyncio.Lock()
+        self.transactions: Transactions | None = None
+        # exactly_once: cleared while a transaction commits, so intake waits for it
+        self._unsealed = asyncio.Event()
+        self._unsealed.set()
         self._commit_task: asyncio.Task[None] | None = None
         self._closing = False
         self.failure: BaseException | None = None
@@ -260,6 +287,10 @@ class StageEngine:
             raise StageFailed(f"stage {self.spec.name} failed") from self.failure
         if self._closing:
             return  # never tracked, never committed: the next owner gets them
+        if not self._unsealed.is_set():
+            await self._unsealed.wait()  # a transaction is committing: join the next one
+            if self._closing or self.failure is not None:
+                return
         partitions = self._partitions
         lanes = self._lanes
         levels = self._levels
@@ -291,6 +322,8 @@ class StageEngine:
                     self._continue_lane(record, partition)
             elif lanes.admit(lane, record):
                 self._run_lane(lane, record, partition)
+        if self.transactions is not None and self.control is not None:
+            self._note_positions(records, waiting)
         self._in_flight += taken
         self._observer.taken(taken, self._in_flight)
         while self._in_flight >= self._max_in_flight and self.failure is None:
@@ -298,6 +331,24 @@ class StageEngine:
                 return
             self._capacity.clear()
             await self._capacity.wait()
+
+    def _note_positions(
+        self, records: Sequence[ConsumerRecord], waiting: set[tuple[str, int]]
+    ) -> None:
+        """Let the safe offset pass the transaction markers after a batch's last record:
+        the consumer's position skips them, the records' offsets do not."""
+        assert self.control is not None
+        seen: set[tuple[str, int]] = set()
+        for record in reversed(records):
+            slot = (record.topic, record.partition)
+            if slot in seen or slot in waiting:
+                continue
+            seen.add(slot)
+            partition = self._partitions.get(slot)
+            if partition is not None:
+                position = self.control.position(TopicPartition(*slot))
+                if position is not None:
+                    partition.offsets.seen_up_to(position)
 
     def _is_on_ladder(self, lane: Lane, record: ConsumerRecord) -> bool:
         hold = self._holds.get(lane)
@@ -671,6 +722,9 @@ class StageEngine:
         """Commit every partition whose safe offset moved (or just ``only`` those)."""
         if self._committer is None or self.failure is not None:
             return
+        if self.transactions is not None:
+            await self._commit_transactions(self.transactions, only)
+            return
         async with self._commit_lock:
             chosen = (
                 self._partitions.values()
@@ -694,21 +748,80 @@ class StageEngine:
                 if partition.tp in offsets:
                     partition.offsets.mark_committed(offsets[partition.tp])
             self._observer.committed(offsets)
-            if self.highwater is not None:
-                for tp, offset in offsets.items():
-                    end = self.highwater(tp)
-                    if end is not None:
-                        self._observer.lag(tp, max(0, end - offset))
+            self._observe_lag(offsets)
+
+    async def _commit_transactions(
+        self, transactions: Transactions, only: Sequence[TopicPartition] | None
+    ) -> None:
+        """``exactly_once``: a barrier, then one transaction commit per input partition.
+
+        Intake stops and the in-flight records finish (except those queued behind a key on
+        the ladder), so each transaction holds exactly the outputs of the input offsets it
+        commits. A transaction that cannot commit (fenced by a newer owner, timed out)
+        stops the stage: its outputs are aborted, and the engine's view of what is
+        finished no longer matches Kafka's.
+        """
+        async with self._commit_lock:
+            if self.failure is not None:
+                return
+            chosen = [p for p in self._partitions.values() if only is None or p.tp in set(only)]
+            self._unsealed.clear()
+            try:
+                await self._drain(chosen, self._settings.transaction_drain_timeout_s)
+                if self.failure is not None:
+                    return
+                offsets: dict[TopicPartition, int] = {}
+                for partition in chosen:
+                    candidate = partition.offsets.commit_candidate()
+                    if candidate is not None:
+                        offsets[partition.tp] = candidate
+                numbers = None if only is None else {tp.partition for tp in only}
+                await transactions.commit_partitions(offsets, numbers)
+            except Exception as exc:
+                self.fail(exc)
+                return
+            finally:
+                self._unsealed.set()
+            for partition in chosen:
+                if partition.tp in offsets:
+                    partition.offsets.mark_committed(offsets[partition.tp])
+            if offsets:
+                self._observer.committed(offsets)
+                self._observe_lag(offsets)
+
+    def _observe_lag(self, offsets: dict[TopicPartition, int]) -> None:
+        if self.highwater is not None:
+            for tp, offset in offsets.items():
+                end = self.highwater(tp)
+                if end is not None:
+                    self._observer.lag(tp, max(0, end - offset))
 
     async def _commit_periodically(self) -> None:
-        interval = self._settings.commit_interval_ms / 1000
+        interval = (
+            self._settings.transaction_interval_ms
+            if self.transactions is not None
+            else self._settings.commit_interval_ms
+        ) / 1000
         while True:
             await asyncio.sleep(interval)
-            await self.commit()
+            # Shielded: a stop cancels this loop, never a transaction halfway through
+            # its commit; the stop's own commit waits for it on the lock.
+            await asyncio.shield(self.commit())
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
         """The consumer now owns ``partitions`` (called on every rebalance); keys held in
-        the journal for them wait before anything of theirs is processed."""
+        the journal for them wait before anything of theirs is processed.
+
+        With ``exactly_once`` the partitions' producers start first: that fences an
+        earlier owner and settles its open transaction, so the journal and the dedupe
+        tails below are read as committed.
+        """
+        if self.transactions is not None:
+            try:
+                await self.transactions.assign({tp.partition for tp in partitions})
+            except Exception as exc:
+                self.fail(exc)
+                return
         if self._ordered and self.kafka_settings is not None:
             numbers = sorted(tp.partition for tp in partitions if tp.topic == self.source_topic)
             known = {lane[0] for lane in self._holds}
@@ -743,6 +856,11 @@ class StageEngine:
         leaving = [p for p in self._partitions.values() if p.tp in partitions]
         await self._drain(leaving, timeout_s)
         await self.commit(only=[p.tp for p in leaving])
+        if self.transactions is not None:
+            try:
+                await self.transactions.release({tp.partition for tp in partitions})
+            except Exception as exc:
+                self.fail(exc)
         numbers = {tp.partition for tp in partitions if tp.topic == self.source_topic}
         for lane in [lane for lane in self._holds if lane[0] in numbers]:
             del self._holds[lane]  # the next owner reads them from the journal
@@ -783,6 +901,12 @@ class StageEngine:
         number = partition.tp.partition
         self._lanes.drop([lane for lane in self._lanes.busy_keys() if lane[0] == number])
         self._capacity.set()
+
+
+def receipt_partition(receipt: Any) -> int:
+    """The input partition number whose record a sink receipt stands for."""
+    partition: _Partition = receipt.partition if type(receipt) is _Joint else receipt[0]
+    return int(partition.tp.partition)
 
 
 def _replayed(record: ConsumerRecord) -> bool:

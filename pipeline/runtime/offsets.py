@@ -21,12 +21,13 @@ class PartitionOffsets:
     order); they may :meth:`finish` in any order.
     """
 
-    __slots__ = ("_done", "_highest_tracked", "_pending", "committed_offset")
+    __slots__ = ("_done", "_highest_tracked", "_pending", "_seen_to", "committed_offset")
 
     def __init__(self, committed_offset: int | None = None) -> None:
         self._pending: deque[int] = deque()
         self._done: set[int] = set()
         self._highest_tracked: int | None = None
+        self._seen_to: int | None = None
         self.committed_offset = committed_offset
 
     def track(self, offset: int) -> bool:
@@ -52,6 +53,12 @@ class PartitionOffsets:
         else:
             self._done.add(offset)
 
+    def seen_up_to(self, position: int) -> None:
+        """Everything below ``position`` that was not tracked holds no record to process
+        (transaction markers); the safe offset may pass it once the tracked ones finish."""
+        if self._seen_to is None or position > self._seen_to:
+            self._seen_to = position
+
     @property
     def in_flight(self) -> int:
         """How many tracked offsets are not yet committable."""
@@ -64,7 +71,8 @@ class PartitionOffsets:
         if self._pending:
             return self._pending[0]
         if self._highest_tracked is not None:
-            return self._highest_tracked + 1
+            passed = self._highest_tracked + 1
+            return passed if self._seen_to is None else max(passed, self._seen_to)
         return self.committed_offset
 
     def commit_candidate(self) -> int | None:

@@ -27,6 +27,7 @@ from pipeline.runtime.batching import BatchingSink
 from pipeline.runtime.engine import RecordSink, StageEngine
 from pipeline.runtime.observer import NullObserver, StageObserver
 from pipeline.runtime.stage import StageSpec
+from pipeline.runtime.transactions import PartitionTransactions
 from pipeline.services import Services
 from pipeline.settings import KafkaSettings, StageSettings
 from schemas import OrderProgress
@@ -63,6 +64,14 @@ class ConsumerFlow:
     def seek(self, partition: TopicPartition, offset: int) -> None:
         """Fetch ``partition`` from ``offset`` next."""
         self._consumer.seek(partition, offset)
+
+    def position(self, partition: TopicPartition) -> int | None:
+        """The next offset the consumer hands out (past transaction markers)."""
+        state = self._consumer._subscription.subscription
+        if state is None or state.assignment is None or partition not in state.assignment.tps:
+            return None
+        tp_state = state.assignment.state_value(partition)
+        return tp_state.position if tp_state.has_valid_position else None
 
     def describe(self) -> dict[str, Any]:
         """Paused partitions and the positions the consumer will fetch next."""
@@ -114,6 +123,7 @@ class StageRuntime:
         self._producer: AIOKafkaProducer | None = None
         self._own_sink = sink is None
         self._batches: BatchingSink | None = None
+        self._transactions: PartitionTransactions | None = None
         self._deferred = _DeferredSink()
         self._sink: RecordSink = sink or self._deferred
         self.engine = StageEngine(
@@ -157,6 +167,8 @@ class StageRuntime:
             batch_timeout_ms=settings.fetch_timeout_ms,
             ack_policy=AckPolicy.MANUAL,
             auto_offset_reset="earliest",
+            # Upstream stages may write transactionally: never see aborted outputs.
+            isolation_level="read_committed",
             listener=_EngineListener(engine, settings),
             max_poll_interval_ms=settings.max_poll_interval_ms,
             # A killed member is noticed after the session timeout; the whole group waits
@@ -179,7 +191,7 @@ class StageRuntime:
                 if isinstance(consumer, AIOKafkaConsumer):
                     engine.highwater = consumer.highwater
                     engine.control = ConsumerFlow(consumer)
-                    engine.start(ConsumerCommitter(consumer))
+                    engine.start(engine.transactions or ConsumerCommitter(consumer))
                 else:
                     engine.start(None)
             engine.services = services
@@ -191,13 +203,7 @@ class StageRuntime:
         """Start the stage's producer (before the consumer delivers anything)."""
         if not self._own_sink:
             return
-        self._producer = AIOKafkaProducer(
-            **client_options(self._kafka),
-            client_id=f"{self._kafka.client_id_prefix}-{self.spec.name}",
-            enable_idempotence=True,  # producer retries never duplicate or reorder
-            linger_ms=self._settings.producer_linger_ms,
-            max_batch_size=self._settings.producer_max_batch_bytes,
-        )
+        self._producer = self._new_producer()
         await self._producer.start()
         topics = [
             self.naming.topic(self.spec.sink),
@@ -207,11 +213,40 @@ class StageRuntime:
         ]
         counts = {topic: len(await self._producer.partitions_for(topic)) for topic in topics}
         self.engine.partition_count = counts[topics[0]]
+        if self.exactly_once:
+            # Outputs go through a transactional producer per input partition, started on
+            # assignment; this one only looked up the partition counts.
+            await self._producer.stop()
+            self._producer = None
+            self._transactions = PartitionTransactions(
+                self._new_producer, self.naming.group(self.spec.name), counts
+            )
+            self._transactions.on_error = self.engine.fail
+            self._deferred.target = self._transactions
+            self.engine.transactions = self._transactions
+            self.engine.attach_sink(self._transactions)
+            return
         self._batches = BatchingSink(self._producer, counts)
         self._batches.on_error = self.engine.fail
         self._batches.start()
         self._deferred.target = self._batches
         self.engine.attach_sink(self._batches)
+
+    def _new_producer(self, transactional_id: str | None = None) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **client_options(self._kafka),
+            client_id=f"{self._kafka.client_id_prefix}-{self.spec.name}",
+            enable_idempotence=True,  # producer retries never duplicate or reorder
+            linger_ms=self._settings.producer_linger_ms,
+            max_batch_size=self._settings.producer_max_batch_bytes,
+            transactional_id=transactional_id,
+            transaction_timeout_ms=self._settings.transaction_timeout_ms,
+        )
+
+    @property
+    def exactly_once(self) -> bool:
+        """Whether this stage commits outputs and input offsets in one transaction."""
+        return self._settings.guarantee_of(self.spec.name) == "exactly_once"
 
     async def stop(self) -> None:
         """Stop taking records, drain, commit, flush and close the producer."""
@@ -224,6 +259,8 @@ class StageRuntime:
         if self._batches is not None:
             await self._batches.close()
             self._batches = None
+        if self._transactions is not None:
+            await self._transactions.close()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
 from pipeline.settings import Settings
@@ -13,14 +14,20 @@ from pipeline.settings import Settings
 
 def settings_env_names() -> set[str]:
     """Every ``PIPELINE_*`` variable the settings tree reads: each branch's env_prefix plus
-    its field names (pydantic-settings matches them case-insensitively)."""
+    its field names, or a field's own aliases (pydantic-settings matches them
+    case-insensitively)."""
     names: set[str] = set()
     for branch_field in Settings.model_fields.values():
         branch = branch_field.annotation
         assert isinstance(branch, type), branch
         assert issubclass(branch, BaseSettings), branch
         prefix = branch.model_config.get("env_prefix", "")
-        names |= {f"{prefix}{name}".upper() for name in branch.model_fields}
+        for name, field in branch.model_fields.items():
+            alias = field.validation_alias
+            if isinstance(alias, AliasChoices):
+                names |= {str(choice).upper() for choice in alias.choices}
+            else:
+                names.add(f"{prefix}{name}".upper())
     return names
 
 

@@ -1,0 +1,171 @@
+"""Exactly-once hops: one transactional producer per input partition.
+
+A stage in ``exactly_once`` mode sends the outputs of input partition *p* (and of retry
+partition *p*: the range assignor gives both to one member) through a producer whose
+transactional id is ``<group>-<p>``, and commits the input offsets of *p* in that
+producer's transaction. When partition *p* moves to another member, the new owner's
+producer starts with the same transactional id, which fences the old one (a zombie that
+was only paused, not dead) and aborts its open transaction. aiokafka's
+``send_offsets_to_transaction`` takes a group id, not the group's generation, so this
+pre-KIP-447 choice of ids is what fences zombies; it costs a producer per owned
+partition.
+
+The engine decides *when* to commit (a barrier: intake stops, in-flight records finish);
+this module only owns the producers and their transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
+
+from pipeline.failures.provenance import Headers
+from pipeline.runtime.batching import BatchingSink, Delivered
+from pipeline.runtime.engine import receipt_partition
+
+log = logging.getLogger(__name__)
+
+ProducerFactory = Callable[[str], AIOKafkaProducer]
+"""Builds an (unstarted) producer for a transactional id."""
+
+
+class _Slot:
+    """One input partition's producer, its batches and its open transaction."""
+
+    __slots__ = ("batches", "dirty", "producer")
+
+    def __init__(self, producer: AIOKafkaProducer, batches: BatchingSink) -> None:
+        self.producer = producer
+        self.batches = batches
+        self.dirty = False
+
+
+class PartitionTransactions:
+    """The stage's sink and committer in ``exactly_once`` mode."""
+
+    def __init__(
+        self,
+        make_producer: ProducerFactory,
+        group_id: str,
+        partition_counts: dict[str, int],
+    ) -> None:
+        self._make_producer = make_producer
+        self._group_id = group_id
+        self._counts = partition_counts
+        self._slots: dict[int, _Slot] = {}
+        self._on_delivered: Delivered | None = None
+        self.on_error: Callable[[BaseException], None] | None = None
+
+    def transactional_id(self, number: int) -> str:
+        """The id of input partition ``number``'s producer, the same on every member."""
+        return f"{self._group_id}-{number}"
+
+    @property
+    def partitions(self) -> set[int]:
+        """Input partition numbers that have a producer now."""
+        return set(self._slots)
+
+    # -- RecordSink ------------------------------------------------------------------
+
+    def bind(self, on_delivered: Delivered) -> None:
+        """Who hears about deliveries (the engine)."""
+        self._on_delivered = on_delivered
+
+    def append(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers, receipt: Any
+    ) -> None:
+        """Queue a record in the open transaction of its input's partition."""
+        slot = self._slots[receipt_partition(receipt)]
+        slot.dirty = True
+        slot.batches.append(topic, key, value, headers, receipt)
+
+    # -- partitions come and go ------------------------------------------------------
+
+    async def assign(self, numbers: Iterable[int]) -> None:
+        """Start a producer (fencing any earlier owner) for each new partition number."""
+        fresh = [n for n in set(numbers) if n not in self._slots]
+        slots = await asyncio.gather(*(self._open(n) for n in fresh))
+        self._slots.update(zip(fresh, slots, strict=True))
+
+    async def _open(self, number: int) -> _Slot:
+        producer = self._make_producer(self.transactional_id(number))
+        await producer.start()  # InitProducerId: fences the previous owner, aborts its txn
+        await producer.begin_transaction()
+        batches = BatchingSink(producer, self._counts)
+        if self._on_delivered is not None:
+            batches.bind(self._on_delivered)
+        batches.on_error = self._failed
+        batches.start()
+        return _Slot(producer, batches)
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.on_error is not None:
+            self.on_error(exc)
+
+    async def release(self, numbers: Iterable[int]) -> None:
+        """Close the producers of partitions given back (after their last commit); what is
+        still open is aborted and redone by the next owner."""
+        slots = [self._slots.pop(n) for n in set(numbers) if n in self._slots]
+        await asyncio.gather(*(self._close(slot) for slot in slots))
+
+    async def close(self) -> None:
+        """Close every producer."""
+        await self.release(list(self._slots))
+
+    @staticmethod
+    async def _close(slot: _Slot) -> None:
+        slot.batches.gate.clear()  # nothing more goes into the open transaction
+        await slot.batches.close()
+        try:
+            await slot.producer.abort_transaction()
+        except KafkaError as exc:  # fenced already: the new owner aborted it
+            log.debug("abort on release: %r", exc)
+        finally:
+            await slot.producer.stop()
+
+    # -- OffsetCommitter -------------------------------------------------------------
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit every open transaction, each with its partition's input offsets."""
+        await self.commit_partitions(offsets, None)
+
+    async def commit_partitions(
+        self, offsets: dict[TopicPartition, int], numbers: Iterable[int] | None
+    ) -> None:
+        """Commit the transactions of ``numbers`` (every one when ``None``) that hold
+        records or offsets; raises when a transaction cannot commit (fenced, timed out)."""
+        by_number: defaultdict[int, dict[TopicPartition, int]] = defaultdict(dict)
+        for tp, offset in offsets.items():
+            by_number[tp.partition][tp] = offset
+        chosen = (
+            self._slots
+            if numbers is None
+            else {n: self._slots[n] for n in numbers if n in self._slots}
+        )
+        await asyncio.gather(
+            *(
+                self._commit(slot, by_number.get(number, {}))
+                for number, slot in chosen.items()
+                if slot.dirty or number in by_number
+            )
+        )
+
+    async def _commit(self, slot: _Slot, offsets: dict[TopicPartition, int]) -> None:
+        await slot.batches.flush()
+        slot.batches.gate.clear()
+        try:
+            producer = slot.producer
+            if offsets:
+                await producer.send_offsets_to_transaction(offsets, self._group_id)
+            await producer.commit_transaction()
+            slot.dirty = False
+            await producer.begin_transaction()
+        finally:
+            slot.batches.gate.set()
