@@ -57,9 +57,28 @@ class ChaosResult:
     log: ChaosLog
     seconds: float
 
+    guarantee: str = "at_least_once"
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view: the verify summary, then the actions."""
-        return {**self.report.as_dict(), "actions": asdict(self.log), "seconds": self.seconds}
+        return {
+            **self.report.as_dict(),
+            "guarantee": self.guarantee,
+            "actions": asdict(self.log),
+            "seconds": self.seconds,
+        }
+
+    @property
+    def clean(self) -> bool:
+        """Nothing lost, reordered or unknown; in exactly-once mode nothing duplicated."""
+        report = self.report
+        duplicates_allowed = self.guarantee != "exactly_once"
+        return (
+            report.lost == 0
+            and report.out_of_order == 0
+            and report.unknown == 0
+            and (duplicates_allowed or report.duplicated == 0)
+        )
 
 
 class _Stages:
@@ -135,6 +154,8 @@ def _env(settings: Settings, prefix: str) -> dict[str, str]:
         "PIPELINE_TOPICS_RETRY_LEVELS": str(settings.topics.retry_levels),
         "PIPELINE_SERVICES_LATENCY_MS": str(settings.services.latency_ms),
         "PIPELINE_SERVICES_TRANSIENT_FAILURE_RATE": str(settings.services.transient_failure_rate),
+        "PIPELINE_PROCESSING_GUARANTEE": settings.stage.processing_guarantee,
+        "PIPELINE_STAGE_PROCESSING_GUARANTEES": json.dumps(settings.stage.processing_guarantees),
     }
 
 
@@ -218,4 +239,6 @@ async def run_chaos(
     report = await verify(run.kafka, naming)
     seconds = round(time.monotonic() - started, 1)
     await delete_topics(run.kafka, [topic.name for topic in topics])
-    return ChaosResult(report=report, log=log, seconds=seconds)
+    return ChaosResult(
+        report=report, log=log, seconds=seconds, guarantee=run.stage.processing_guarantee
+    )

@@ -26,7 +26,7 @@ from pipeline.kafka.topology import (
     holds_topic,
     retry_topic,
 )
-from pipeline.settings import Settings
+from pipeline.settings import Guarantee, Settings
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -139,6 +139,7 @@ async def run_chain(
     delay_ms: float = 0.0,
     backlog: bool = False,
     timeout_s: float = 300.0,
+    guarantee: Guarantee = "at_least_once",
 ) -> RunResult:
     """Run one implementation's four hops over ``events`` events and measure them.
 
@@ -162,6 +163,7 @@ async def run_chain(
         "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
         "PIPELINE_TOPICS_PREFIX": prefix,
         "PIPELINE_HTTP_ENABLED": "false",
+        "PIPELINE_PROCESSING_GUARANTEE": guarantee,
     }
     source = naming.topic(hop_topic(0))
     started = time.time()
@@ -192,7 +194,7 @@ async def run_chain(
                 process.kill()
         await delete_topics(settings.kafka, [t.name for t in topics])
     return RunResult(
-        implementation=implementation,
+        implementation=implementation if guarantee == "at_least_once" else f"{implementation} eos",
         events=summary["received"],
         seconds=summary["last_at"] - started,
         p50_ms=summary["p50_ms"],

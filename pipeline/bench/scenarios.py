@@ -25,7 +25,10 @@ class BenchSizes:
 
 
 def _summary(
-    pipeline: RunResult, raw: RunResult | None, faststream: RunResult | None
+    pipeline: RunResult,
+    raw: RunResult | None,
+    faststream: RunResult | None,
+    exactly_once: RunResult | None = None,
 ) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "pipeline_eps": round(pipeline.eps, 1),
@@ -36,8 +39,14 @@ def _summary(
             1000 * sum(pipeline.cpu_s_per_hop) / len(pipeline.cpu_s_per_hop) / pipeline.events, 3
         ),
         "order_violations": pipeline.order_violations,
-        "runs": [run.as_dict() for run in (pipeline, raw, faststream) if run is not None],
+        "runs": [
+            run.as_dict() for run in (pipeline, exactly_once, raw, faststream) if run is not None
+        ],
     }
+    if exactly_once is not None:
+        summary["eos_eps"] = round(exactly_once.eps, 1)
+        summary["eos_vs_pipeline"] = round(exactly_once.eps / pipeline.eps, 3)
+        summary["order_violations"] += exactly_once.order_violations
     if raw is not None:
         summary["raw_eps"] = round(raw.eps, 1)
         summary["vs_raw"] = round(pipeline.eps / raw.eps, 3)
@@ -67,7 +76,15 @@ async def run_scenarios(
             fast = await run_chain(
                 settings, "faststream", events=sizes.faststream_cpu_events, keys=sizes.keys
             )
-            results["cpu"] = _summary(pipe, raw, fast)
+            say("cpu: pipeline, exactly-once")
+            eos = await run_chain(
+                settings,
+                "pipeline",
+                events=sizes.cpu_events,
+                keys=sizes.keys,
+                guarantee="exactly_once",
+            )
+            results["cpu"] = _summary(pipe, raw, fast, eos)
             cpu_eps = pipe.eps
         elif name == "io":
             delay = sizes.io_delay_ms
@@ -83,7 +100,16 @@ async def run_scenarios(
                 keys=sizes.keys,
                 delay_ms=delay,
             )
-            results["io"] = _summary(pipe, None, fast)
+            say(f"io: pipeline, exactly-once, {delay} ms per handler")
+            eos = await run_chain(
+                settings,
+                "pipeline",
+                events=sizes.io_events,
+                keys=sizes.keys,
+                delay_ms=delay,
+                guarantee="exactly_once",
+            )
+            results["io"] = _summary(pipe, None, fast, eos)
             if cpu_eps:
                 results["io"]["vs_own_cpu"] = round(pipe.eps / cpu_eps, 3)
         elif name == "burst":

@@ -139,7 +139,9 @@ async def run_sink(settings: Settings, expected: int) -> None:
     per-key order violations as JSON."""
     naming = Naming.of(settings.topics)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers, enable_auto_commit=False
+        bootstrap_servers=settings.kafka.bootstrap_servers,
+        enable_auto_commit=False,
+        isolation_level="read_committed",  # what a downstream service sees
     )
     await consumer.start()
     topic = naming.topic(hop_topic(HOPS))

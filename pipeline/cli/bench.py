@@ -44,6 +44,8 @@ def bench(
                 "vs_raw",
                 "vs_faststream",
                 "vs_own_cpu",
+                "eos_eps",
+                "eos_vs_pipeline",
                 "p99_ms",
                 "rss_mb",
                 "order_violations",

@@ -5,17 +5,22 @@ fetching until it is restarted, and a run that can hang has no place in `make te
 
 from __future__ import annotations
 
+import pytest
+
 from pipeline.chaos import run_chaos
-from pipeline.settings import Settings
+from pipeline.settings import Guarantee, Settings
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_kills_and_rebalances_lose_duplicate_and_reorder_nothing(
-    settings: Settings,
+    settings: Settings, guarantee: Guarantee
 ) -> None:
     services = settings.services.model_copy(
         update={"transient_failure_rate": 0.05, "latency_ms": 1.0}
     )
-    stage = settings.stage.model_copy(update={"retry_delays_s": [0.5, 1.0, 2.0]})
+    stage = settings.stage.model_copy(
+        update={"retry_delays_s": [0.5, 1.0, 2.0], "processing_guarantee": guarantee}
+    )
     settings = settings.model_copy(update={"services": services, "stage": stage})
     result = await run_chaos(
         settings,
@@ -34,5 +39,6 @@ async def test_kills_and_rebalances_lose_duplicate_and_reorder_nothing(
     # Every SIGTERM (scale-down and the final stop) ended in a clean, timely exit.
     assert set(result.log.graceful_exits) == {0}, summary
     assert max(result.log.graceful_seconds) < settings.stage.shutdown_drain_timeout_s + 10
-    # At-least-once with deduplication: the goal is no duplicate either.
+    assert result.guarantee == guarantee
+    # Exactly-once by transactions; at-least-once by deduplication: no duplicate either way.
     assert result.report.duplicated == 0, summary
