@@ -44,7 +44,8 @@ bench: install
 	$(BIN)/pipeline bench --json bench-results.json
 
 chaos: install
-	$(BIN)/pipeline chaos --orders 20000 --kills 20 --json
+	$(BIN)/pipeline chaos --orders 20000 --kills 20 --guarantee exactly_once --json
+	$(BIN)/pipeline chaos --orders 20000 --kills 20 --guarantee at_least_once --json
 
 kafka-up: install
 	$(BIN)/pipeline kafka up

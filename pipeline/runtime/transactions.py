@@ -82,7 +82,9 @@ class PartitionTransactions:
         self, topic: str, key: bytes | None, value: bytes, headers: Headers, receipt: Any
     ) -> None:
         """Queue a record in the open transaction of its input's partition."""
-        slot = self._slots[receipt_partition(receipt)]
+        slot = self._slots.get(receipt_partition(receipt))
+        if slot is None:
+            return  # finished after its partition was given back: the next owner redoes it
         slot.dirty = True
         slot.batches.append(topic, key, value, headers, receipt)
 

@@ -159,3 +159,27 @@ def test_safe_offset_is_one_past_the_finished_prefix_and_never_decreases(
         assert safe >= previous
         assert offsets.in_flight == len([o for o in tracked if o >= expected])
         previous = safe
+
+
+def test_safe_offset_passes_transaction_markers_after_the_last_record() -> None:
+    offsets = PartitionOffsets()
+    for offset in (10, 11):
+        offsets.track(offset)
+    offsets.seen_up_to(13)  # 12 is a commit marker: the consumer's position skipped it
+
+    assert offsets.safe_offset == 10
+    offsets.finish(10)
+    offsets.finish(11)
+    assert offsets.safe_offset == 13
+
+
+def test_markers_never_let_the_safe_offset_pass_an_unfinished_record() -> None:
+    offsets = PartitionOffsets()
+    offsets.track(10)
+    offsets.seen_up_to(12)
+    offsets.finish(10)
+    offsets.track(12)
+
+    assert offsets.safe_offset == 12
+    offsets.finish(12)
+    assert offsets.safe_offset == 13
