@@ -13,8 +13,9 @@ from collections import OrderedDict
 
 import orjson
 from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
+from pipeline.failures.provenance import ORIGIN_OFFSET, ORIGIN_PARTITION, ORIGIN_TOPIC
 from pipeline.kafka.connection import client_options, stop_consumer
 from pipeline.settings import KafkaSettings
 
@@ -42,6 +43,22 @@ class RecentIds:
         return len(self._ids)
 
 
+def record_identity(record: ConsumerRecord) -> str:
+    """What a record stands for: its event id, or, when it has none (undecodable bytes),
+    the position it was first read from (the origin headers of a retried or
+    dead-lettered record, else its own)."""
+    event_id = event_id_of(record.value)
+    if event_id is not None:
+        return event_id
+    origin = dict(record.headers or ())
+    if ORIGIN_OFFSET in origin:
+        return "/".join(
+            origin.get(name, b"").decode()
+            for name in (ORIGIN_TOPIC, ORIGIN_PARTITION, ORIGIN_OFFSET)
+        )
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
 def event_id_of(value: bytes | None) -> str | None:
     """The event id inside a pipeline record (an order event or an order in progress)."""
     if not value:
@@ -57,7 +74,8 @@ def event_id_of(value: bytes | None) -> str | None:
 async def recent_event_ids(
     settings: KafkaSettings, partitions: list[TopicPartition], per_partition: int
 ) -> list[str]:
-    """Event ids of the last ``per_partition`` records of each partition, oldest first."""
+    """Identities (:func:`record_identity`) of the last ``per_partition`` records of each
+    partition, oldest first."""
     if not partitions or per_partition <= 0:
         return []
     consumer = AIOKafkaConsumer(
@@ -80,9 +98,7 @@ async def recent_event_ids(
             for tp, records in batch.items():
                 for record in records:
                     if record.offset < ends[tp]:
-                        event_id = event_id_of(record.value)
-                        if event_id is not None:
-                            found.append(event_id)
+                        found.append(record_identity(record))
             for tp in list(remaining):
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)

@@ -40,7 +40,7 @@ from pipeline.failures.provenance import (
     now,
 )
 from pipeline.kafka.topology import Naming
-from pipeline.runtime.dedupe import RecentIds, event_id_of, recent_event_ids
+from pipeline.runtime.dedupe import RecentIds, recent_event_ids, record_identity
 from pipeline.runtime.eager import Pending, step
 from pipeline.runtime.key_lanes import KeyLanes
 from pipeline.runtime.observer import StageObserver
@@ -202,6 +202,9 @@ class StageEngine:
         # exactly_once: cleared while a transaction commits, so intake waits for it
         self._unsealed = asyncio.Event()
         self._unsealed.set()
+        # Set once the current assignment is settled (producers, holds and dedupe tails
+        # loaded): the consumer hands out records while its rebalance callback still runs.
+        self._settled = asyncio.Event()
         self._commit_task: asyncio.Task[None] | None = None
         self._closing = False
         self.failure: BaseException | None = None
@@ -222,6 +225,7 @@ class StageEngine:
         self._closing = True
         self._observer.ready(False)
         self._capacity.set()
+        self._settled.set()
         await self._drain(list(self._partitions.values()), timeout_s)
         if self._commit_task is not None:
             self._commit_task.cancel()
@@ -287,10 +291,12 @@ class StageEngine:
             raise StageFailed(f"stage {self.spec.name} failed") from self.failure
         if self._closing:
             return  # never tracked, never committed: the next owner gets them
+        if not self._settled.is_set():
+            await self._settled.wait()
         if not self._unsealed.is_set():
             await self._unsealed.wait()  # a transaction is committing: join the next one
-            if self._closing or self.failure is not None:
-                return
+        if self._closing or self.failure is not None:
+            return
         partitions = self._partitions
         lanes = self._lanes
         levels = self._levels
@@ -416,11 +422,13 @@ class StageEngine:
         started = time.perf_counter()
         if self.tracing is not None:
             self._spans[id(record)] = self.tracing.start(record)
+        recent = self._recent
         try:
             event = self._decode(record.value or b"")
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            if recent is not None and record_identity(record) in recent and not _replayed(record):
+                return self._skip(record, partition)  # redelivered: dead-lettered already
             return self._dead_letter(record, partition, UndecodableRecord(str(exc)), 1, None)
-        recent = self._recent
         if recent is not None and self._identify(event) in recent and not _replayed(record):
             return self._skip(record, partition)  # redelivered: its output exists already
         try:
@@ -574,9 +582,7 @@ class StageEngine:
         self._end_span(record, "dead_lettered", exc)
         self._observer.dead_lettered(exc)
         if self._recent is not None:
-            dead_id = event_id_of(record.value)
-            if dead_id is not None:
-                self._recent.add(dead_id)
+            self._recent.add(record_identity(record))
         lane = (record.partition, record.key)
         if lane in self._holds:
             # policy "release": the key's later events go on once this one is parked
@@ -715,6 +721,8 @@ class StageEngine:
                 self.on_failure(exc)
         self._capacity.set()
         self._progress.set()
+        self._settled.set()  # nothing waits for an assignment that will not come
+        self._unsealed.set()
 
     # -- commits and rebalances ------------------------------------------------------
 
@@ -816,14 +824,22 @@ class StageEngine:
         earlier owner and settles its open transaction, so the journal and the dedupe
         tails below are read as committed.
         """
+        self._settled.clear()
+        try:
+            await self._settle(partitions)
+            self._assigned = set(partitions)
+        except Exception as exc:  # nothing of theirs may run without its state
+            self.fail(exc)
+            return
+        finally:
+            self._settled.set()
+        self._observer.ready(True)
+
+    async def _settle(self, partitions: set[TopicPartition]) -> None:
         if self.transactions is not None:
-            try:
-                await self.transactions.assign({tp.partition for tp in partitions})
-            except Exception as exc:
-                self.fail(exc)
-                return
+            await self.transactions.assign({tp.partition for tp in partitions})
+        numbers = sorted(tp.partition for tp in partitions if tp.topic == self.source_topic)
         if self._ordered and self.kafka_settings is not None:
-            numbers = sorted(tp.partition for tp in partitions if tp.topic == self.source_topic)
             known = {lane[0] for lane in self._holds}
             fresh = [n for n in numbers if n not in known]
             for lane, hold in (
@@ -833,7 +849,6 @@ class StageEngine:
                 if not self._lanes.busy(lane):
                     self._lanes.admit(lane, None)
         if self._recent is not None and self.kafka_settings is not None:
-            numbers = sorted(tp.partition for tp in partitions if tp.topic == self.source_topic)
             tails = [
                 TopicPartition(topic, n)
                 for topic in (self._sink_topic, self._dead_letter_topic)
@@ -842,11 +857,10 @@ class StageEngine:
             per_partition = self._settings.dedupe_window // max(1, self.partition_count)
             for event_id in await recent_event_ids(self.kafka_settings, tails, per_partition):
                 self._recent.add(event_id)
-        self._assigned = set(partitions)
-        self._observer.ready(True)
 
     async def revoked(self, partitions: set[TopicPartition], timeout_s: float) -> None:
         """Give ``partitions`` back: drain them within ``timeout_s``, commit, forget them."""
+        self._settled.clear()
         if self._assigned is not None:
             self._assigned -= partitions
         for tp in partitions:

@@ -1,0 +1,66 @@
+"""What a record stands for when a stage asks "did I emit this already?"."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka.structs import ConsumerRecord
+
+from pipeline.errors import UndecodableRecord
+from pipeline.failures.provenance import Failure, failure_headers, now
+from pipeline.runtime.dedupe import RecentIds, record_identity
+
+pytestmark = pytest.mark.unit
+
+
+def _record(
+    value: bytes,
+    topic: str = "orders.events",
+    offset: int = 1399,
+    headers: list[tuple[str, bytes]] | None = None,
+) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic=topic,
+        partition=2,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=None,
+        value=value,
+        checksum=None,
+        serialized_key_size=0,
+        serialized_value_size=len(value),
+        headers=headers or [],
+    )
+
+
+def test_an_event_is_known_by_its_event_id() -> None:
+    assert record_identity(_record(b'{"event_id": "e-1", "order_id": "o-1"}')) == "e-1"
+    assert record_identity(_record(b'{"event": {"event_id": "e-1"}, "status": "paid"}')) == "e-1"
+
+
+def test_undecodable_bytes_are_known_by_the_position_they_were_read_from() -> None:
+    assert record_identity(_record(b"\xff\x00garbage")) == "orders.events/2/1399"
+
+
+def test_a_dead_letter_of_undecodable_bytes_is_known_by_its_origin() -> None:
+    garbage = _record(b"\xff\x00garbage")
+    failure = Failure(UndecodableRecord("not JSON"), 1, now(), now())
+    dead_letter = _record(
+        garbage.value or b"",
+        topic="validate.dlq",
+        offset=7,
+        headers=failure_headers(garbage, "validate", failure),
+    )
+
+    # The redelivered input and its dead letter stand for the same thing.
+    assert record_identity(dead_letter) == record_identity(garbage)
+
+
+def test_recent_ids_forget_the_oldest_first() -> None:
+    recent = RecentIds(2)
+    for event_id in ("a", "b", "c"):
+        recent.add(event_id)
+
+    assert "a" not in recent
+    assert "b" in recent
+    assert "c" in recent
