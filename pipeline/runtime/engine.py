@@ -217,6 +217,8 @@ class StageEngine:
     def start(self, committer: OffsetCommitter | None) -> None:
         """Begin periodic commits through ``committer`` (``None``: nothing to commit)."""
         self._committer = committer
+        if committer is None:
+            self._settled.set()  # no consumer group (a test broker): nothing to settle
         if committer is not None and self._commit_task is None:
             self._commit_task = asyncio.create_task(self._commit_periodically())
 
@@ -301,11 +303,18 @@ class StageEngine:
         lanes = self._lanes
         levels = self._levels
         waiting: set[tuple[str, int]] = set()
+        control = self.control
+        last_slot: tuple[str, int] | None = None
         taken = 0
         for record in records:
             slot = (record.topic, record.partition)
             if slot in waiting:
                 continue  # behind a record that is not due yet: fetched again on resume
+            if slot != last_slot:
+                last_slot = slot
+                if control is not None and self._stale(control, slot, record.offset):
+                    waiting.add(slot)
+                    continue
             level = levels.get(record.topic, 0)
             if level and self._wait_until_due(record, level):
                 waiting.add(slot)
@@ -337,6 +346,14 @@ class StageEngine:
                 return
             self._capacity.clear()
             await self._capacity.wait()
+
+    @staticmethod
+    def _stale(control: ConsumerControl, slot: tuple[str, int], first_offset: int) -> bool:
+        """Whether a partition's records in this batch were fetched before a rebalance:
+        reassignment resets the position to the committed offset, at or below them, and
+        the consumer fetches them again from there."""
+        position = control.position(TopicPartition(*slot))
+        return position is None or position <= first_offset
 
     def _note_positions(
         self, records: Sequence[ConsumerRecord], waiting: set[tuple[str, int]]
@@ -812,9 +829,12 @@ class StageEngine:
         ) / 1000
         while True:
             await asyncio.sleep(interval)
-            # Shielded: a stop cancels this loop, never a transaction halfway through
-            # its commit; the stop's own commit waits for it on the lock.
-            await asyncio.shield(self.commit())
+            if self.transactions is None:
+                await self.commit()
+            else:
+                # A stop cancels this loop, never a transaction halfway through its
+                # commit; the stop's own commit waits for it on the lock.
+                await asyncio.shield(self.commit())
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
         """The consumer now owns ``partitions`` (called on every rebalance); keys held in
