@@ -102,6 +102,15 @@ class BatchingSink:
             self._idle.clear()
             await self._idle.wait()
 
+    async def discard(self) -> None:
+        """Stop the flusher; what was not handed to the producer yet is dropped (its
+        transaction is aborted, and the records are redone by the next owner)."""
+        self._open.clear()
+        self._sealed.clear()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            await asyncio.gather(self._flusher, return_exceptions=True)
+
     async def close(self) -> None:
         """Flush what is open and stop the flusher."""
         await self.flush()

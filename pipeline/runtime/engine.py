@@ -89,10 +89,11 @@ class Transactions(OffsetCommitter, Protocol):
         """Close the producers of partition numbers given back."""
         ...
 
-    async def commit_partitions(
+    async def begin_commit(
         self, offsets: dict[TopicPartition, int], numbers: Iterable[int] | None
-    ) -> None:
-        """Commit the open transactions of ``numbers`` (all when ``None``) with offsets."""
+    ) -> asyncio.Future[Any]:
+        """Close the open transactions of ``numbers`` (all when ``None``) to new records
+        and return their commit, with ``offsets``, under way."""
         ...
 
 
@@ -801,12 +802,19 @@ class StageEngine:
                     if candidate is not None:
                         offsets[partition.tp] = candidate
                 numbers = None if only is None else {tp.partition for tp in only}
-                await transactions.commit_partitions(offsets, numbers)
+                committing = await transactions.begin_commit(offsets, numbers)
             except Exception as exc:
                 self.fail(exc)
                 return
             finally:
+                # Intake goes on while the commit travels: new outputs join the next
+                # transactions and their offsets were not part of this one.
                 self._unsealed.set()
+            try:
+                await committing
+            except Exception as exc:
+                self.fail(exc)
+                return
             for partition in chosen:
                 if partition.tp in offsets:
                     partition.offsets.mark_committed(offsets[partition.tp])

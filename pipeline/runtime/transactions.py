@@ -124,7 +124,7 @@ class PartitionTransactions:
     @staticmethod
     async def _close(slot: _Slot) -> None:
         slot.batches.gate.clear()  # nothing more goes into the open transaction
-        await slot.batches.close()
+        await slot.batches.discard()
         try:
             await slot.producer.abort_transaction()
         except (KafkaError, AssertionError) as exc:
@@ -138,38 +138,40 @@ class PartitionTransactions:
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit every open transaction, each with its partition's input offsets."""
-        await self.commit_partitions(offsets, None)
+        await (await self.begin_commit(offsets, None))
 
-    async def commit_partitions(
+    async def begin_commit(
         self, offsets: dict[TopicPartition, int], numbers: Iterable[int] | None
-    ) -> None:
-        """Commit the transactions of ``numbers`` (every one when ``None``) that hold
-        records or offsets; raises when a transaction cannot commit (fenced, timed out)."""
+    ) -> asyncio.Future[Any]:
+        """Close the transactions of ``numbers`` (every one when ``None``) that hold
+        records or offsets, and return the commit of all of them, under way.
+
+        Once this returns, records appended go into the next transactions (they wait in
+        their batches until it begins), so the caller may take new records while the
+        commit travels. The returned future raises when a transaction cannot commit
+        (fenced, timed out).
+        """
         by_number: defaultdict[int, dict[TopicPartition, int]] = defaultdict(dict)
         for tp, offset in offsets.items():
             by_number[tp.partition][tp] = offset
-        chosen = (
-            self._slots
-            if numbers is None
-            else {n: self._slots[n] for n in numbers if n in self._slots}
-        )
-        await asyncio.gather(
-            *(
-                self._commit(slot, by_number.get(number, {}))
-                for number, slot in chosen.items()
-                if slot.dirty or number in by_number
-            )
-        )
+        chosen = [
+            (slot, by_number.get(number, {}))
+            for number, slot in self._slots.items()
+            if (numbers is None or number in numbers) and (slot.dirty or number in by_number)
+        ]
+        # What is appended so far belongs to this transaction; after this, to the next.
+        await asyncio.gather(*(slot.batches.flush() for slot, _ in chosen))
+        for slot, _ in chosen:
+            slot.batches.gate.clear()
+            slot.dirty = False
+        return asyncio.gather(*(self._commit(slot, offs) for slot, offs in chosen))
 
     async def _commit(self, slot: _Slot, offsets: dict[TopicPartition, int]) -> None:
-        await slot.batches.flush()
-        slot.batches.gate.clear()
         try:
             producer = slot.producer
             if offsets:
                 await producer.send_offsets_to_transaction(offsets, self._group_id)
             await producer.commit_transaction()
-            slot.dirty = False
             await producer.begin_transaction()
         finally:
             slot.batches.gate.set()
