@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.bench.runner import RunResult, run_chain
-from pipeline.settings import Settings
+from pipeline.settings import Guarantee, Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,49 +66,39 @@ async def run_scenarios(
     """Run the named scenarios one after another on the same broker."""
     results: dict[str, Any] = {}
     cpu_eps: float | None = None
+
+    async def chain(
+        scenario: str,
+        implementation: str,
+        events: int,
+        delay_ms: float = 0.0,
+        guarantee: Guarantee = "at_least_once",
+    ) -> RunResult:
+        waits = f", {delay_ms} ms per handler" if delay_ms else ""
+        mode = ", exactly-once" if guarantee == "exactly_once" else ""
+        say(f"{scenario}: {implementation}{mode}{waits}")
+        return await run_chain(
+            settings,
+            implementation,
+            events=events,
+            keys=sizes.keys,
+            delay_ms=delay_ms,
+            guarantee=guarantee,
+        )
+
     for name in names:
         if name == "cpu":
-            say("cpu: raw aiokafka")
-            raw = await run_chain(settings, "raw", events=sizes.cpu_events, keys=sizes.keys)
-            say("cpu: pipeline")
-            pipe = await run_chain(settings, "pipeline", events=sizes.cpu_events, keys=sizes.keys)
-            say("cpu: plain FastStream")
-            fast = await run_chain(
-                settings, "faststream", events=sizes.faststream_cpu_events, keys=sizes.keys
-            )
-            say("cpu: pipeline, exactly-once")
-            eos = await run_chain(
-                settings,
-                "pipeline",
-                events=sizes.cpu_events,
-                keys=sizes.keys,
-                guarantee="exactly_once",
-            )
+            raw = await chain(name, "raw", sizes.cpu_events)
+            pipe = await chain(name, "pipeline", sizes.cpu_events)
+            fast = await chain(name, "faststream", sizes.faststream_cpu_events)
+            eos = await chain(name, "pipeline", sizes.cpu_events, guarantee="exactly_once")
             results["cpu"] = _summary(pipe, raw, fast, eos)
             cpu_eps = pipe.eps
         elif name == "io":
             delay = sizes.io_delay_ms
-            say(f"io: pipeline, {delay} ms per handler")
-            pipe = await run_chain(
-                settings, "pipeline", events=sizes.io_events, keys=sizes.keys, delay_ms=delay
-            )
-            say(f"io: plain FastStream, {delay} ms per handler")
-            fast = await run_chain(
-                settings,
-                "faststream",
-                events=sizes.faststream_io_events,
-                keys=sizes.keys,
-                delay_ms=delay,
-            )
-            say(f"io: pipeline, exactly-once, {delay} ms per handler")
-            eos = await run_chain(
-                settings,
-                "pipeline",
-                events=sizes.io_events,
-                keys=sizes.keys,
-                delay_ms=delay,
-                guarantee="exactly_once",
-            )
+            pipe = await chain(name, "pipeline", sizes.io_events, delay)
+            fast = await chain(name, "faststream", sizes.faststream_io_events, delay)
+            eos = await chain(name, "pipeline", sizes.io_events, delay, "exactly_once")
             results["io"] = _summary(pipe, None, fast, eos)
             if cpu_eps:
                 results["io"]["vs_own_cpu"] = round(pipe.eps / cpu_eps, 3)
