@@ -290,32 +290,35 @@ class StageEngine:
 
     async def submit(self, records: Sequence[ConsumerRecord]) -> None:
         """Take a fetched batch; returns once there is room for the next one."""
-        if self.failure is not None:
-            raise StageFailed(f"stage {self.spec.name} failed") from self.failure
-        if self._closing:
-            return  # never tracked, never committed: the next owner gets them
         if not self._settled.is_set():
             await self._settled.wait()
         if not self._unsealed.is_set():
             await self._unsealed.wait()  # a transaction is committing: join the next one
-        if self._closing or self.failure is not None:
-            return
+        if self.failure is not None:
+            raise StageFailed(f"stage {self.spec.name} failed") from self.failure
+        if self._closing:
+            return  # never tracked, never committed: the next owner gets them
         partitions = self._partitions
         lanes = self._lanes
         levels = self._levels
         waiting: set[tuple[str, int]] = set()
         control = self.control
+        positions: dict[tuple[str, int], int] = {}
         last_slot: tuple[str, int] | None = None
         taken = 0
         for record in records:
             slot = (record.topic, record.partition)
             if slot in waiting:
                 continue  # behind a record that is not due yet: fetched again on resume
-            if slot != last_slot:
+            if slot != last_slot and control is not None:
                 last_slot = slot
-                if control is not None and self._stale(control, slot, record.offset):
+                position = control.position(TopicPartition(*slot))
+                if position is None or position <= record.offset:
+                    # Fetched before a rebalance reset the position to the committed
+                    # offset, at or below these records: they are fetched again.
                     waiting.add(slot)
                     continue
+                positions[slot] = position
             level = levels.get(record.topic, 0)
             if level and self._wait_until_due(record, level):
                 waiting.add(slot)
@@ -338,8 +341,12 @@ class StageEngine:
                     self._continue_lane(record, partition)
             elif lanes.admit(lane, record):
                 self._run_lane(lane, record, partition)
-        if self.transactions is not None and self.control is not None:
-            self._note_positions(records, waiting)
+        for slot, position in positions.items():
+            # The safe offset may pass the transaction markers behind the batch's last
+            # record: the consumer's position skips them, the records' offsets do not.
+            partition = partitions.get(slot)
+            if partition is not None and slot not in waiting:
+                partition.offsets.seen_up_to(position)
         self._in_flight += taken
         self._observer.taken(taken, self._in_flight)
         while self._in_flight >= self._max_in_flight and self.failure is None:
@@ -347,32 +354,6 @@ class StageEngine:
                 return
             self._capacity.clear()
             await self._capacity.wait()
-
-    @staticmethod
-    def _stale(control: ConsumerControl, slot: tuple[str, int], first_offset: int) -> bool:
-        """Whether a partition's records in this batch were fetched before a rebalance:
-        reassignment resets the position to the committed offset, at or below them, and
-        the consumer fetches them again from there."""
-        position = control.position(TopicPartition(*slot))
-        return position is None or position <= first_offset
-
-    def _note_positions(
-        self, records: Sequence[ConsumerRecord], waiting: set[tuple[str, int]]
-    ) -> None:
-        """Let the safe offset pass the transaction markers after a batch's last record:
-        the consumer's position skips them, the records' offsets do not."""
-        assert self.control is not None
-        seen: set[tuple[str, int]] = set()
-        for record in reversed(records):
-            slot = (record.topic, record.partition)
-            if slot in seen or slot in waiting:
-                continue
-            seen.add(slot)
-            partition = self._partitions.get(slot)
-            if partition is not None:
-                position = self.control.position(TopicPartition(*slot))
-                if position is not None:
-                    partition.offsets.seen_up_to(position)
 
     def _is_on_ladder(self, lane: Lane, record: ConsumerRecord) -> bool:
         hold = self._holds.get(lane)
@@ -752,16 +733,8 @@ class StageEngine:
             await self._commit_transactions(self.transactions, only)
             return
         async with self._commit_lock:
-            chosen = (
-                self._partitions.values()
-                if only is None
-                else [p for p in self._partitions.values() if p.tp in set(only)]
-            )
-            offsets: dict[TopicPartition, int] = {}
-            for partition in chosen:
-                candidate = partition.offsets.commit_candidate()
-                if candidate is not None:
-                    offsets[partition.tp] = candidate
+            chosen = self._chosen(only)
+            offsets = _candidates(chosen)
             if not offsets:
                 return
             try:
@@ -770,11 +743,27 @@ class StageEngine:
                 # A rebalance is under way; the revoke path commits what it can.
                 log.warning("commit of %s failed: %r", self.spec.name, exc)
                 return
-            for partition in chosen:
-                if partition.tp in offsets:
-                    partition.offsets.mark_committed(offsets[partition.tp])
-            self._observer.committed(offsets)
-            self._observe_lag(offsets)
+            self._committed(chosen, offsets)
+
+    def _chosen(self, only: Sequence[TopicPartition] | None) -> list[_Partition]:
+        if only is None:
+            return list(self._partitions.values())
+        wanted = set(only)
+        return [p for p in self._partitions.values() if p.tp in wanted]
+
+    def _committed(self, chosen: list[_Partition], offsets: dict[TopicPartition, int]) -> None:
+        """Record a successful commit of ``offsets`` and report it."""
+        if not offsets:
+            return
+        for partition in chosen:
+            if partition.tp in offsets:
+                partition.offsets.mark_committed(offsets[partition.tp])
+        self._observer.committed(offsets)
+        if self.highwater is not None:
+            for tp, offset in offsets.items():
+                end = self.highwater(tp)
+                if end is not None:
+                    self._observer.lag(tp, max(0, end - offset))
 
     async def _commit_transactions(
         self, transactions: Transactions, only: Sequence[TopicPartition] | None
@@ -790,17 +779,13 @@ class StageEngine:
         async with self._commit_lock:
             if self.failure is not None:
                 return
-            chosen = [p for p in self._partitions.values() if only is None or p.tp in set(only)]
+            chosen = self._chosen(only)
             self._unsealed.clear()
             try:
                 await self._drain(chosen, self._settings.transaction_drain_timeout_s)
                 if self.failure is not None:
                     return
-                offsets: dict[TopicPartition, int] = {}
-                for partition in chosen:
-                    candidate = partition.offsets.commit_candidate()
-                    if candidate is not None:
-                        offsets[partition.tp] = candidate
+                offsets = _candidates(chosen)
                 numbers = None if only is None else {tp.partition for tp in only}
                 committing = await transactions.begin_commit(offsets, numbers)
             except Exception as exc:
@@ -815,19 +800,7 @@ class StageEngine:
             except Exception as exc:
                 self.fail(exc)
                 return
-            for partition in chosen:
-                if partition.tp in offsets:
-                    partition.offsets.mark_committed(offsets[partition.tp])
-            if offsets:
-                self._observer.committed(offsets)
-                self._observe_lag(offsets)
-
-    def _observe_lag(self, offsets: dict[TopicPartition, int]) -> None:
-        if self.highwater is not None:
-            for tp, offset in offsets.items():
-                end = self.highwater(tp)
-                if end is not None:
-                    self._observer.lag(tp, max(0, end - offset))
+            self._committed(chosen, offsets)
 
     async def _commit_periodically(self) -> None:
         interval = (
@@ -943,6 +916,16 @@ class StageEngine:
         number = partition.tp.partition
         self._lanes.drop([lane for lane in self._lanes.busy_keys() if lane[0] == number])
         self._capacity.set()
+
+
+def _candidates(partitions: list[_Partition]) -> dict[TopicPartition, int]:
+    """The offsets to commit now: every partition whose safe offset moved."""
+    offsets: dict[TopicPartition, int] = {}
+    for partition in partitions:
+        candidate = partition.offsets.commit_candidate()
+        if candidate is not None:
+            offsets[partition.tp] = candidate
+    return offsets
 
 
 def receipt_partition(receipt: Any) -> int:

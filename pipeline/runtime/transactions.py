@@ -154,10 +154,11 @@ class PartitionTransactions:
         by_number: defaultdict[int, dict[TopicPartition, int]] = defaultdict(dict)
         for tp, offset in offsets.items():
             by_number[tp.partition][tp] = offset
+        wanted = None if numbers is None else set(numbers)
         chosen = [
             (slot, by_number.get(number, {}))
             for number, slot in self._slots.items()
-            if (numbers is None or number in numbers) and (slot.dirty or number in by_number)
+            if (wanted is None or number in wanted) and (slot.dirty or number in by_number)
         ]
         # What is appended so far belongs to this transaction; after this, to the next.
         await asyncio.gather(*(slot.batches.flush() for slot, _ in chosen))

@@ -75,17 +75,12 @@ class ConsumerFlow:
 
     def describe(self) -> dict[str, Any]:
         """Paused partitions and the positions the consumer will fetch next."""
-        state = self._consumer._subscription.subscription
-        positions = {}
-        if state is not None and state.assignment is not None:
-            for tp in state.assignment.tps:
-                tp_state = state.assignment.state_value(tp)
-                positions[f"{tp.topic}[{tp.partition}]"] = (
-                    tp_state.position if tp_state.has_valid_position else None
-                )
         return {
             "paused": sorted(f"{tp.topic}[{tp.partition}]" for tp in self._consumer.paused()),
-            "positions": positions,
+            "positions": {
+                f"{tp.topic}[{tp.partition}]": self.position(tp)
+                for tp in self._consumer.assignment()
+            },
         }
 
 

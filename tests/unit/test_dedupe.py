@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.errors import UndecodableRecord
 from pipeline.failures.provenance import Failure, failure_headers, now
 from pipeline.runtime.dedupe import RecentIds, record_identity
+from tests.unit.records import consumer_record
 
 pytestmark = pytest.mark.unit
 
@@ -16,21 +19,9 @@ def _record(
     value: bytes,
     topic: str = "orders.events",
     offset: int = 1399,
-    headers: list[tuple[str, bytes]] | None = None,
+    headers: Sequence[tuple[str, bytes]] = (),
 ) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(
-        topic=topic,
-        partition=2,
-        offset=offset,
-        timestamp=0,
-        timestamp_type=0,
-        key=None,
-        value=value,
-        checksum=None,
-        serialized_key_size=0,
-        serialized_value_size=len(value),
-        headers=headers or [],
-    )
+    return consumer_record(topic, offset, None, value, partition=2, headers=headers)
 
 
 def test_an_event_is_known_by_its_event_id() -> None:

@@ -12,6 +12,7 @@ from aiokafka.structs import ConsumerRecord
 from pipeline.errors import ServiceUnavailable
 from pipeline.failures import provenance
 from pipeline.failures.provenance import Failure, failure_headers
+from tests.unit.records import consumer_record
 
 pytestmark = pytest.mark.unit
 
@@ -42,18 +43,8 @@ def _record(
     key: bytes | None = b"ord-1",
     headers: Sequence[tuple[str, bytes]] = (),
 ) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        timestamp=1_767_268_800_000,
-        timestamp_type=0,
-        key=key,
-        value=b"{}",
-        checksum=None,
-        serialized_key_size=len(key or b""),
-        serialized_value_size=2,
-        headers=list(headers),
+    return consumer_record(
+        topic, offset, key, b"{}", partition=partition, headers=headers, timestamp=1_767_268_800_000
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import orjson
@@ -13,6 +12,7 @@ from pipeline.errors import UndecodableRecord
 from pipeline.failures import provenance
 from pipeline.verify import check
 from schemas import LineItem, OrderAmended, OrderPlaced, OrderProgress, OrderStatus
+from tests.unit.records import consumer_record
 
 pytestmark = pytest.mark.unit
 
@@ -20,30 +20,6 @@ EVENTS = "orders.events"
 FULFILLED = "orders.fulfilled"
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 ITEMS = (LineItem(sku="sku-001", quantity=2, unit_price_cents=500),)
-
-
-def _record(
-    topic: str,
-    offset: int,
-    key: bytes,
-    value: bytes,
-    *,
-    partition: int = 0,
-    headers: Sequence[tuple[str, bytes]] = (),
-) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(
-        topic=topic,
-        partition=partition,
-        offset=offset,
-        timestamp=1_767_225_600_000,
-        timestamp_type=0,
-        key=key,
-        value=value,
-        checksum=None,
-        serialized_key_size=len(key),
-        serialized_value_size=len(value),
-        headers=list(headers),
-    )
 
 
 def _event(order_id: str, sequence: int) -> OrderPlaced | OrderAmended:
@@ -65,14 +41,14 @@ def _event(order_id: str, sequence: int) -> OrderPlaced | OrderAmended:
 
 def _inputs(*events: OrderPlaced | OrderAmended) -> list[ConsumerRecord[bytes, bytes]]:
     return [
-        _record(EVENTS, offset, event.order_id.encode(), event.model_dump_json().encode())
+        consumer_record(EVENTS, offset, event.order_id.encode(), event.model_dump_json().encode())
         for offset, event in enumerate(events)
     ]
 
 
 def _fulfilled(*events: OrderPlaced | OrderAmended) -> list[ConsumerRecord[bytes, bytes]]:
     return [
-        _record(FULFILLED, offset, event.order_id.encode(), _progress(event))
+        consumer_record(FULFILLED, offset, event.order_id.encode(), _progress(event))
         for offset, event in enumerate(events)
     ]
 
@@ -88,7 +64,7 @@ def _dead_letter(
     failure = provenance.Failure(error, 1, AT, AT)
     headers = provenance.failure_headers(source, stage, failure)
     body = source.value if value is None else value
-    return _record(f"dlq.{stage}", 0, source.key or b"", body or b"", headers=headers)
+    return consumer_record(f"dlq.{stage}", 0, source.key or b"", body or b"", headers=headers)
 
 
 ORDER_A = [_event("ord-a", 1), _event("ord-a", 2)]
@@ -154,7 +130,7 @@ def test_fulfilled_records_are_ordered_by_offset_not_by_read_order() -> None:
 
 
 def test_undecodable_input_is_accounted_by_its_dead_letters_origin_headers() -> None:
-    garbage = _record(EVENTS, 7, b"bad-1", b"\x00\xffnot json", partition=2)
+    garbage = consumer_record(EVENTS, 7, b"bad-1", b"\x00\xffnot json", partition=2)
     inputs = [*_inputs(*ORDER_B), garbage]
     dead = _dead_letter(garbage, "validate", UndecodableRecord("not JSON"))
 
@@ -167,8 +143,8 @@ def test_undecodable_input_is_accounted_by_its_dead_letters_origin_headers() -> 
 
 
 def test_undecodable_dead_letter_pointing_elsewhere_leaves_the_input_lost() -> None:
-    garbage = _record(EVENTS, 7, b"bad-1", b"\x00\xffnot json")
-    elsewhere = _record(EVENTS, 8, b"bad-1", b"\x00\xffnot json")
+    garbage = consumer_record(EVENTS, 7, b"bad-1", b"\x00\xffnot json")
+    elsewhere = consumer_record(EVENTS, 8, b"bad-1", b"\x00\xffnot json")
     dead = _dead_letter(elsewhere, "validate", UndecodableRecord("not JSON"))
 
     report = check([garbage], [], [dead])
@@ -181,7 +157,7 @@ def test_schema_invalid_input_is_accounted_by_its_event_id() -> None:
     invalid = ORDER_B[0].model_dump(mode="json") | {"order_id": "ord-c", "event_id": "ord-c-1"}
     invalid["items"][0]["quantity"] = 0
     inputs = _inputs(*ORDER_B)
-    inputs.append(_record(EVENTS, 1, b"ord-c", orjson.dumps(invalid)))
+    inputs.append(consumer_record(EVENTS, 1, b"ord-c", orjson.dumps(invalid)))
     dead = _dead_letter(inputs[1], "validate", UndecodableRecord("quantity must be > 0"))
 
     report = check(inputs, _fulfilled(*ORDER_B), [dead])
@@ -211,7 +187,7 @@ def test_output_without_an_input_is_unknown() -> None:
 
 
 def test_input_missing_its_sequence_is_accounted_by_its_dead_letter() -> None:
-    broken = _record(EVENTS, 0, b"ord-c", b'{"event_id": "ord-c-1", "order_id": "ord-c"}')
+    broken = consumer_record(EVENTS, 0, b"ord-c", b'{"event_id": "ord-c-1", "order_id": "ord-c"}')
     dead = _dead_letter(broken, "validate", UndecodableRecord("sequence missing"))
 
     report = check([broken], [], [dead])
