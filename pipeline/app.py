@@ -84,7 +84,7 @@ def create_app(
     context = ContextRepo()
     context.set_global("services", services or simulated_services(settings.services))
     broker = KafkaBroker(
-        settings.kafka.bootstrap_servers,
+        settings.kafka.bootstrap_hosts,
         security=broker_security(settings.kafka),
         client_id=settings.kafka.client_id_prefix,
         context=context,

@@ -89,7 +89,7 @@ def create_schedule(
     naming = Naming.of(settings.topics)
     topic = jobs_topic(settings)
     broker = KafkaBroker(
-        settings.kafka.bootstrap_servers,
+        settings.kafka.bootstrap_hosts,
         security=broker_security(settings.kafka),
         client_id=f"{settings.kafka.client_id_prefix}-jobs",
         request_timeout_ms=settings.kafka.request_timeout_ms,

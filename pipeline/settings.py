@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -18,7 +18,10 @@ class KafkaSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="PIPELINE_KAFKA_", extra="ignore")
 
-    bootstrap_servers: str = "127.0.0.1:9092"
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        description="Comma-separated host:port list, as managed Kafka services hand it out.",
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -28,6 +31,38 @@ class KafkaSettings(BaseSettings):
     ssl_keyfile: Path | None = None
     client_id_prefix: str = "order-pipeline"
     request_timeout_ms: int = 30_000
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _one_host_list(cls, value: str) -> str:
+        hosts = bootstrap_hosts(value)
+        if not hosts:
+            raise ValueError("bootstrap_servers names no host")
+        return ",".join(hosts)
+
+    @property
+    def bootstrap_hosts(self) -> list[str]:
+        """The bootstrap servers as a list of ``host:port``: the one form every client
+        takes. FastStream's broker wraps a plain string into a one-element list, so a
+        comma-separated string reaches aiokafka as a single host and cannot bootstrap."""
+        return bootstrap_hosts(self.bootstrap_servers)
+
+
+def bootstrap_hosts(servers: str) -> list[str]:
+    """``"h1:9092, h2:9092,,h3:9092"`` -> ``["h1:9092", "h2:9092", "h3:9092"]``; a host
+    without a port gets Kafka's default 9092, an entry with a bad port is refused."""
+    hosts: list[str] = []
+    for entry in servers.split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        host, sep, port = entry.rpartition(":")
+        if not sep or "]" in port:  # no port (or an IPv6 literal without one)
+            host, port = entry, "9092"
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"bootstrap server {entry!r} is not host:port")
+        hosts.append(f"{host}:{port}")
+    return hosts
 
 
 class LocalKafkaSettings(BaseSettings):

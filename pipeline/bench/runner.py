@@ -105,7 +105,7 @@ async def produce_bench_events(
 ) -> None:
     """``events`` events over ``keys`` keys, each key's ``seq`` counting up."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+        bootstrap_servers=settings.kafka.bootstrap_hosts,
         linger_ms=10,
         max_batch_size=512 * 1024,
         enable_idempotence=True,

@@ -69,14 +69,14 @@ async def run_raw_hop(settings: Settings, hop: int, delay_ms: float) -> None:
     naming = Naming.of(settings.topics)
     listener = _Assigned()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+        bootstrap_servers=settings.kafka.bootstrap_hosts,
         group_id=naming.group(f"raw-hop{hop}"),
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
     consumer.subscribe([naming.topic(hop_topic(hop))], listener=listener)
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+        bootstrap_servers=settings.kafka.bootstrap_hosts,
         enable_idempotence=True,
         linger_ms=settings.stage.producer_linger_ms,
         max_batch_size=settings.stage.producer_max_batch_bytes,
@@ -111,7 +111,7 @@ async def run_faststream_hop(settings: Settings, hop: int, delay_ms: float) -> N
 
     naming = Naming.of(settings.topics)
     listener = _Assigned()
-    broker = KafkaBroker(settings.kafka.bootstrap_servers, log_level=10)
+    broker = KafkaBroker(settings.kafka.bootstrap_hosts, log_level=10)
     delay_s = delay_ms / 1000
 
     @broker.subscriber(
@@ -139,7 +139,7 @@ async def run_sink(settings: Settings, expected: int) -> None:
     per-key order violations as JSON."""
     naming = Naming.of(settings.topics)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_servers,
+        bootstrap_servers=settings.kafka.bootstrap_hosts,
         enable_auto_commit=False,
         isolation_level="read_committed",  # what a downstream service sees
     )

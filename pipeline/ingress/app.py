@@ -81,7 +81,7 @@ def create_ingress(settings: Settings, api: IngressSettings | None = None) -> Fa
     api = api or settings.api
     naming = Naming.of(settings.topics)
     router = KafkaRouter(
-        settings.kafka.bootstrap_servers,
+        settings.kafka.bootstrap_hosts,
         security=broker_security(settings.kafka),
         client_id=f"{settings.kafka.client_id_prefix}-ingress",
         request_timeout_ms=settings.kafka.request_timeout_ms,

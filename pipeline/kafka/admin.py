@@ -76,7 +76,7 @@ async def _sasl_refusal(settings: KafkaSettings, timeout_s: float) -> str | None
     if not settings.security_protocol.startswith("SASL"):
         return None
     options = client_options(settings)
-    host, _, port = settings.bootstrap_servers.split(",")[0].strip().rpartition(":")
+    host, _, port = settings.bootstrap_hosts[0].rpartition(":")
     try:
         async with asyncio.timeout(timeout_s):
             connection = await create_conn(

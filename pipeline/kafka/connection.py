@@ -31,7 +31,7 @@ def ssl_context(settings: KafkaSettings) -> ssl.SSLContext | None:
 def client_options(settings: KafkaSettings) -> dict[str, Any]:
     """Keyword arguments shared by aiokafka's consumer, producer and admin client."""
     options: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap_servers,
+        "bootstrap_servers": settings.bootstrap_hosts,
         "security_protocol": settings.security_protocol,
         "request_timeout_ms": settings.request_timeout_ms,
     }
