@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry
 from pipeline.errors import ConfigurationError
 from pipeline.kafka.connection import broker_security
 from pipeline.kafka.topology import Naming
-from pipeline.runtime.engine import RecordSink
 from pipeline.runtime.observer import StageObserver
+from pipeline.runtime.ports import RecordSink
 from pipeline.runtime.stage import StageSpec
 from pipeline.runtime.wiring import StageRuntime
 from pipeline.services import Services, simulated_services

@@ -7,6 +7,7 @@
     │   └── ServiceUnavailable
     ├── FatalError            retrying cannot help: the record goes to the dead-letter topic
     │   ├── UndecodableRecord   bytes that are not JSON or do not fit the schema
+    │   ├── NoOutput            a handler returned nothing where an event was due
     │   └── BusinessRuleViolation
     └── ConfigurationError    the pipeline is set up wrong; stop instead of processing
         ├── BrokerUnavailable     nothing answers at the bootstrap address
@@ -53,3 +54,7 @@ class BrokerUnavailable(ConfigurationError):
 
 class CredentialsRejected(ConfigurationError):
     """A broker answers but refuses the configured SASL user name or password."""
+
+
+class NoOutput(FatalError):
+    """A handler returned nothing (or no event) where its stage declares an output."""

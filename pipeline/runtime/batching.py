@@ -21,11 +21,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 from pipeline.failures.provenance import Headers
+from pipeline.runtime.core.receipts import Receipt
+from pipeline.runtime.ports import Delivered
 
 log = logging.getLogger(__name__)
-
-Delivered = Callable[[list[Any], "asyncio.Future[Any]"], None]
-"""Called once per batch with the receipts of its records and the delivery future."""
 
 
 def partition_for(key: bytes | None, partitions: int) -> int:
@@ -64,7 +63,7 @@ class _OpenBatch:
         self.builder = builder
         self.topic = topic
         self.partition = partition
-        self.receipts: list[Any] = []
+        self.receipts: list[Receipt] = []
 
 
 class BatchingSink:
@@ -124,7 +123,7 @@ class BatchingSink:
         key: bytes | None,
         value: bytes,
         headers: Headers,
-        receipt: Any,
+        receipt: Receipt,
     ) -> None:
         """Queue one record; its ``receipt`` comes back when its batch is delivered."""
         partition = self._partitioners[topic](key)

@@ -27,8 +27,9 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from pipeline.failures.provenance import Headers
-from pipeline.runtime.batching import BatchingSink, Delivered
-from pipeline.runtime.engine import receipt_partition
+from pipeline.runtime.batching import BatchingSink
+from pipeline.runtime.core.receipts import Receipt
+from pipeline.runtime.ports import Delivered
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +80,10 @@ class PartitionTransactions:
         self._on_delivered = on_delivered
 
     def append(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers, receipt: Any
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers, receipt: Receipt
     ) -> None:
         """Queue a record in the open transaction of its input's partition."""
-        slot = self._slots.get(receipt_partition(receipt))
+        slot = self._slots.get(receipt.partition_number)
         if slot is None:
             return  # finished after its partition was given back: the next owner redoes it
         slot.dirty = True

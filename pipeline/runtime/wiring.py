@@ -24,8 +24,9 @@ from pipeline.failures.provenance import Headers
 from pipeline.kafka.connection import client_options
 from pipeline.kafka.topology import Naming
 from pipeline.runtime.batching import BatchingSink
-from pipeline.runtime.engine import RecordSink, StageEngine
+from pipeline.runtime.engine import StageEngine
 from pipeline.runtime.observer import NullObserver, StageObserver
+from pipeline.runtime.ports import RecordSink
 from pipeline.runtime.stage import StageSpec
 from pipeline.runtime.transactions import PartitionTransactions
 from pipeline.services import Services

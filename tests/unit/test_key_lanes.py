@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.runtime.key_lanes import KeyLanes
+from pipeline.runtime.core.lanes import KeyLanes
 
 pytestmark = pytest.mark.unit
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.runtime.offsets import OffsetWentBackwards, PartitionOffsets
+from pipeline.runtime.core.offsets import FinishedTwice, OffsetWentBackwards, PartitionOffsets
 
 pytestmark = pytest.mark.unit
 
@@ -16,7 +16,7 @@ def test_fresh_partition_has_nothing_to_commit() -> None:
 
     assert offsets.safe_offset is None
     assert offsets.commit_candidate() is None
-    assert offsets.in_flight == 0
+    assert offsets.unfinished == 0
 
 
 def test_fresh_partition_reports_its_committed_offset_as_safe() -> None:
@@ -35,7 +35,8 @@ def test_safe_offset_stays_at_the_first_unfinished_record() -> None:
     offsets.finish(12)
 
     assert offsets.safe_offset == 10
-    assert offsets.in_flight == 3
+    assert offsets.uncommitted == 3
+    assert offsets.unfinished == 1  # a drain waits for 10 only, not for 11 and 12
 
 
 def test_finishing_the_blocking_record_releases_everything_finished_behind_it() -> None:
@@ -48,7 +49,8 @@ def test_finishing_the_blocking_record_releases_everything_finished_behind_it() 
     offsets.finish(10)
 
     assert offsets.safe_offset == 13
-    assert offsets.in_flight == 1
+    assert offsets.uncommitted == 1
+    assert offsets.unfinished == 1
 
 
 def test_all_finished_makes_one_past_the_highest_tracked_offset_safe() -> None:
@@ -59,7 +61,7 @@ def test_all_finished_makes_one_past_the_highest_tracked_offset_safe() -> None:
         offsets.finish(offset)
 
     assert offsets.safe_offset == 10
-    assert offsets.in_flight == 0
+    assert offsets.unfinished == 0
 
 
 def test_retracking_an_offset_at_or_below_the_highest_is_refused() -> None:
@@ -69,7 +71,7 @@ def test_retracking_an_offset_at_or_below_the_highest_is_refused() -> None:
 
     assert offsets.track(6) is False
     assert offsets.track(4) is False
-    assert offsets.in_flight == 2
+    assert offsets.unfinished == 2
 
 
 def test_refused_offset_is_refused_even_after_it_finished() -> None:
@@ -79,7 +81,7 @@ def test_refused_offset_is_refused_even_after_it_finished() -> None:
 
     assert offsets.track(5) is False
     assert offsets.safe_offset == 6
-    assert offsets.in_flight == 0
+    assert offsets.unfinished == 0
 
 
 def test_commit_candidate_is_the_safe_offset_until_it_is_committed() -> None:
@@ -157,7 +159,8 @@ def test_safe_offset_is_one_past_the_finished_prefix_and_never_decreases(
         assert all(safe <= o for o in unfinished)
         assert previous is not None
         assert safe >= previous
-        assert offsets.in_flight == len([o for o in tracked if o >= expected])
+        assert offsets.uncommitted == len([o for o in tracked if o >= expected])
+        assert offsets.unfinished == len(unfinished)
         previous = safe
 
 
@@ -183,3 +186,19 @@ def test_markers_never_let_the_safe_offset_pass_an_unfinished_record() -> None:
     assert offsets.safe_offset == 12
     offsets.finish(12)
     assert offsets.safe_offset == 13
+
+
+@pytest.mark.parametrize("finished_first", [[], [11], [10]])
+def test_finishing_an_offset_twice_or_one_never_tracked_is_refused(
+    finished_first: list[int],
+) -> None:
+    offsets = PartitionOffsets()
+    for offset in (10, 11, 12):
+        offsets.track(offset)
+    for offset in finished_first:
+        offsets.finish(offset)
+
+    for wrong in [9, 13, *finished_first]:
+        with pytest.raises(FinishedTwice):
+            offsets.finish(wrong)
+    assert offsets.unfinished == 3 - len(finished_first)

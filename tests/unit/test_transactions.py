@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from aiokafka.structs import TopicPartition
 
-from pipeline.runtime.engine import receipt_partition
+from pipeline.runtime.core.ledger import PartitionState
+from pipeline.runtime.core.receipts import Receipt
 from pipeline.runtime.transactions import PartitionTransactions
 
 pytestmark = pytest.mark.unit
@@ -65,13 +66,6 @@ class FakeProducer:
         return delivery
 
 
-class FakePartition:
-    """What the engine's receipts point at: an input partition."""
-
-    def __init__(self, number: int) -> None:
-        self.tp = TopicPartition("orders.events", number)
-
-
 async def transactions(numbers: list[int]) -> tuple[PartitionTransactions, dict[str, Any]]:
     made: dict[str, FakeProducer] = {}
 
@@ -87,7 +81,7 @@ async def transactions(numbers: list[int]) -> tuple[PartitionTransactions, dict[
 
 
 def test_a_receipt_names_its_input_partition() -> None:
-    assert receipt_partition((FakePartition(7), 42)) == 7
+    assert Receipt(PartitionState(("orders.reserved", 7)), 42).partition_number == 7
 
 
 async def test_each_input_partition_has_a_producer_with_a_stable_transactional_id() -> None:
@@ -101,7 +95,13 @@ async def test_each_input_partition_has_a_producer_with_a_stable_transactional_i
 async def test_outputs_go_through_their_input_partitions_producer() -> None:
     txns, made = await transactions([0, 3])
 
-    txns.append("orders.paid", b"order-1", b"from 3", [], (FakePartition(3), 10))
+    txns.append(
+        "orders.paid",
+        b"order-1",
+        b"from 3",
+        [],
+        Receipt(PartitionState(("orders.reserved", 3)), 10),
+    )
     await txns.commit({})
 
     assert [records for _, _, records in made["pay-3"].sent] == [[b"from 3"]]
@@ -110,7 +110,9 @@ async def test_outputs_go_through_their_input_partitions_producer() -> None:
 
 async def test_a_commit_sends_each_partitions_offsets_in_its_own_transaction() -> None:
     txns, made = await transactions([0, 3])
-    txns.append("orders.paid", b"order-1", b"v", [], (FakePartition(3), 10))
+    txns.append(
+        "orders.paid", b"order-1", b"v", [], Receipt(PartitionState(("orders.reserved", 3)), 10)
+    )
     offsets = {
         TopicPartition("orders.reserved", 3): 11,
         TopicPartition("pay.retry.1", 3): 5,
@@ -136,7 +138,9 @@ async def test_released_partitions_abort_what_is_open_and_drop_late_outputs() ->
     txns, made = await transactions([0, 3])
 
     await txns.release([3])
-    txns.append("orders.paid", b"order-1", b"late", [], (FakePartition(3), 10))
+    txns.append(
+        "orders.paid", b"order-1", b"late", [], Receipt(PartitionState(("orders.reserved", 3)), 10)
+    )
 
     assert made["pay-3"].calls[-2:] == ["abort", "stop"]
     assert made["pay-3"].sent == []

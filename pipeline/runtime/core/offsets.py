@@ -14,6 +14,10 @@ class OffsetWentBackwards(RuntimeError):
     """A commit would move a partition's committed offset backwards."""
 
 
+class FinishedTwice(RuntimeError):
+    """An offset was finished that is not tracked or was finished already."""
+
+
 class PartitionOffsets:
     """The unfinished offsets of one partition and the offset that is safe to commit.
 
@@ -22,6 +26,9 @@ class PartitionOffsets:
     """
 
     __slots__ = ("_done", "_highest_tracked", "_pending", "_seen_to", "committed_offset")
+
+    # _pending holds every tracked offset not yet passed by the safe offset, in order;
+    # _done those of them that finished out of order (behind an unfinished one).
 
     def __init__(self, committed_offset: int | None = None) -> None:
         self._pending: deque[int] = deque()
@@ -43,15 +50,21 @@ class PartitionOffsets:
         return True
 
     def finish(self, offset: int) -> None:
-        """Record that ``offset`` is done (its outputs are acknowledged by the broker)."""
+        """Record that ``offset`` is done (its outputs are acknowledged by the broker).
+
+        Raises :class:`FinishedTwice` for an offset that is not tracked or is finished
+        already: counting a record twice would let the commit pass unfinished work.
+        """
         pending = self._pending
         if pending and pending[0] == offset:
             pending.popleft()
             done = self._done
             while pending and pending[0] in done:
                 done.discard(pending.popleft())
-        else:
-            self._done.add(offset)
+            return
+        if not pending or offset < pending[0] or offset > pending[-1] or offset in self._done:
+            raise FinishedTwice(f"offset {offset} is not tracked or already finished")
+        self._done.add(offset)
 
     def seen_up_to(self, position: int) -> None:
         """Everything below ``position`` that was not tracked holds no record to process
@@ -60,8 +73,14 @@ class PartitionOffsets:
             self._seen_to = position
 
     @property
-    def in_flight(self) -> int:
-        """How many tracked offsets are not yet committable."""
+    def unfinished(self) -> int:
+        """How many tracked offsets have not finished (the work a drain waits for)."""
+        return len(self._pending) - len(self._done)
+
+    @property
+    def uncommitted(self) -> int:
+        """How many tracked offsets the safe offset has not passed yet, finished ones
+        behind an unfinished record included."""
         return len(self._pending)
 
     @property

@@ -1,0 +1,176 @@
+"""The state every part of the stage engine shares, and what a part may ask of it.
+
+:class:`EngineState` holds the stage's pure bookkeeping (the core's
+:class:`~pipeline.runtime.core.ledger.StageLedger`), the collaborators it was given,
+and the few events that coordinate the asyncio side: room for more records, progress,
+an assignment settled, a transaction commit being set up. The parts — intake and the
+per-record path (:mod:`.engine`), outcomes (:mod:`.outcomes`), commits and rebalances
+(:mod:`.checkpointing`) — each extend it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka.structs import ConsumerRecord, TopicPartition
+
+from pipeline.failures.holds import Hold
+from pipeline.failures.ladder import Ladder
+from pipeline.kafka.topology import Naming
+from pipeline.runtime.core.ledger import StageLedger
+from pipeline.runtime.core.receipts import Receipt
+from pipeline.runtime.dedupe import RecentIds
+from pipeline.runtime.observer import StageObserver
+from pipeline.runtime.ports import ConsumerControl, OffsetCommitter, RecordSink, Transactions
+from pipeline.runtime.stage import StageSpec
+from pipeline.services import Services
+from pipeline.settings import StageSettings
+from pipeline.telemetry.tracing import RecordTracing
+
+log = logging.getLogger("pipeline.runtime.engine")
+
+
+class EngineState:
+    """One stage's engine state; see :class:`~pipeline.runtime.engine.StageEngine`."""
+
+    def __init__(
+        self,
+        spec: StageSpec[Any, Any],
+        services: Services,
+        settings: StageSettings,
+        sink: RecordSink,
+        observer: StageObserver,
+        naming: Naming | None = None,
+    ) -> None:
+        self.spec = spec
+        naming = naming or Naming()
+        self._sink_topic = naming.topic(spec.sink)
+        self._dead_letter_topic = naming.topic(spec.dead_letter_topic)
+        self._ladder = Ladder(tuple(settings.retry_delays_s))
+        self.source_topic = naming.topic(spec.source)
+        self.retry_topics = [naming.retry(spec.name, n) for n in range(1, self._ladder.levels + 1)]
+        self.holds_topic = naming.holds(spec.name)
+        self._levels = {topic: n for n, topic in enumerate([self.source_topic, *self.retry_topics])}
+        self._ordered = settings.ordering == "key"
+        self._ledger: StageLedger[ConsumerRecord, Hold] = StageLedger()
+        self._resume_timers: dict[TopicPartition, asyncio.TimerHandle] = {}
+        self.control: ConsumerControl | None = None
+        self._identify = spec.identify or str
+        self._recent = (
+            RecentIds(settings.dedupe_window)
+            if spec.identify is not None and settings.dedupe_window
+            else None
+        )
+        self.partition_count = 1
+        self.tracing: RecordTracing | None = None
+        self._spans: dict[int, Any] = {}
+        self.kafka_settings: Any = None
+        self.services = services
+        self._settings = settings
+        self._sink = sink
+        sink.bind(self._delivered)
+        self._observer = observer
+        self._decode = spec.decoder()
+        self._handler = spec.handler
+        self._max_in_flight = settings.max_in_flight
+        self._capacity = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._committer: OffsetCommitter | None = None
+        self._commit_lock = asyncio.Lock()
+        self.transactions: Transactions | None = None
+        # exactly_once: cleared while a transaction commit is being set up, so intake
+        # waits for it
+        self._unsealed = asyncio.Event()
+        self._unsealed.set()
+        # Set once the current assignment is settled (producers, holds and dedupe tails
+        # loaded): the consumer hands out records while its rebalance callback still runs.
+        self._settled = asyncio.Event()
+        self._commit_task: asyncio.Task[None] | None = None
+        self._closing = False
+        self.failure: BaseException | None = None
+        self.on_failure: Callable[[BaseException], None] | None = None
+        self.highwater: Callable[[TopicPartition], int | None] | None = None
+        observer.ready(False)
+
+    # -- what the stage is doing -------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Records taken from Kafka and not yet finished."""
+        return self._ledger.in_flight
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is in flight (or the stage failed)."""
+        while self._ledger.in_flight and self.failure is None:
+            self._progress.clear()
+            await self._progress.wait()
+
+    def describe(self) -> dict[str, Any]:
+        """The engine's state, for an operator asking what a stage is doing."""
+        ledger = self._ledger
+        return {
+            "stage": self.spec.name,
+            "in_flight": ledger.in_flight,
+            "closing": self._closing,
+            "failure": repr(self.failure) if self.failure else None,
+            "assigned": sorted(f"{topic}[{number}]" for topic, number in ledger.assigned or ()),
+            "busy_lanes": len(ledger.lanes),
+            "held_keys": len(ledger.holds),
+            "waiting_for_due_time": sorted(
+                f"{tp.topic}[{tp.partition}]" for tp in self._resume_timers
+            ),
+            "partitions": {
+                f"{p.tp[0]}[{p.number}]": {
+                    "unfinished": p.offsets.unfinished,
+                    "uncommitted": p.offsets.uncommitted,
+                    "safe_offset": p.offsets.safe_offset,
+                    "committed": p.offsets.committed_offset,
+                }
+                for p in ledger.partitions.values()
+            },
+            "consumer": self.control.describe() if self.control is not None else None,
+        }
+
+    def attach_sink(self, sink: RecordSink) -> None:
+        """Send outputs straight to ``sink`` from now on (the stage's started producer)."""
+        sink.bind(self._delivered)
+        self._sink = sink
+
+    @property
+    def assignment(self) -> set[TopicPartition] | None:
+        """Partitions the consumer owns; ``None`` before the first assignment."""
+        assigned = self._ledger.assigned
+        return None if assigned is None else {TopicPartition(*slot) for slot in assigned}
+
+    @property
+    def closing(self) -> bool:
+        """Whether the engine refuses new records."""
+        return self._closing
+
+    def _delivered(self, receipts: list[Receipt], delivery: asyncio.Future[Any]) -> None:
+        if delivery.cancelled() or delivery.exception() is not None:
+            # The producer gave up after its own retries: stop without committing past it.
+            self.fail(delivery.exception() or asyncio.CancelledError())
+            return
+        ledger = self._ledger
+        ledger.acknowledged(receipts)
+        self._observer.finished(ledger.in_flight)
+        if ledger.in_flight < self._max_in_flight:
+            self._capacity.set()
+        self._progress.set()
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop the stage without committing past unfinished records."""
+        if self.failure is None:
+            self.failure = exc
+            self._observer.ready(False)
+            log.error("stage %s failed; stopping without committing", self.spec.name, exc_info=exc)
+            if self.on_failure is not None:
+                self.on_failure(exc)
+        self._capacity.set()
+        self._progress.set()
+        self._settled.set()  # nothing waits for an assignment that will not come
+        self._unsealed.set()
