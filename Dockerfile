@@ -2,7 +2,7 @@
 # The pipeline's image: one image, every stage; the command picks the stage
 # (`pipeline run validate`), the environment configures it (PIPELINE_*).
 
-ARG PYTHON_IMAGE=python:3.11-slim
+ARG PYTHON_IMAGE=python:3.13-slim
 
 # --- builder: resolve and install the package into a self-contained venv -------------
 FROM ${PYTHON_IMAGE} AS builder
@@ -14,14 +14,11 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
-# Dependencies first, in their own layer, so editing the code does not reinstall them:
-# install the project with empty packages, then the real code on top without deps.
+# Dependencies first, in their own layer, from the lock file (the versions CI tested),
+# so editing the code does not reinstall them; then the code on top without deps.
 # (README.m[d] copies the README when there is one; the glob keeps COPY from failing.)
-COPY pyproject.toml README.m[d] ./
-RUN mkdir pipeline schemas \
-    && touch pipeline/__init__.py schemas/__init__.py \
-    && pip install . \
-    && rm -rf pipeline schemas build *.egg-info
+COPY pyproject.toml requirements.lock README.m[d] ./
+RUN pip install -r requirements.lock
 
 COPY pipeline ./pipeline
 COPY schemas ./schemas

@@ -3,18 +3,33 @@ PYTHON ?= $(shell .ci/find-python)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test unit integration lint format demo bench chaos kafka-up kafka-down clean
+.PHONY: install lock test unit integration lint format demo bench chaos kafka-up kafka-down clean
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements-dev.lock
 	@command -v promtool >/dev/null || { echo "installing promtool (Debian package prometheus)"; \
 		apt-get install -y --no-install-recommends prometheus >/dev/null || \
 		{ echo "promtool is needed by the tests: apt-get install prometheus" >&2; exit 1; }; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -r requirements-dev.lock
+	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
+
+## lock: resolve pyproject.toml's ranges afresh into the pinned lock files
+## (requirements.lock for the image, requirements-dev.lock for make install and CI).
+lock:
+	rm -rf .cache/lock
+	$(PYTHON) -m venv .cache/lock/runtime && .cache/lock/runtime/bin/pip install -q .
+	.cache/lock/runtime/bin/pip freeze --exclude-editable | grep -v '^order-pipeline' \
+		| sed '1i # Runtime dependencies, pinned: what the image installs. Regenerate with `make lock`.' \
+		> requirements.lock
+	$(PYTHON) -m venv .cache/lock/dev && .cache/lock/dev/bin/pip install -q '.[dev]'
+	.cache/lock/dev/bin/pip freeze --exclude-editable | grep -v '^order-pipeline' \
+		| sed '1i # Runtime and development dependencies, pinned: what `make install` and CI install.' \
+		> requirements-dev.lock
+	rm -rf .cache/lock
 
 ## test: lint, unit tests, then integration and short chaos tests on a real Kafka
 ## (the local broker is started from Maven Central jars unless

@@ -10,7 +10,6 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
     KafkaConnectionError,
@@ -23,6 +22,7 @@ from aiokafka.structs import TopicPartition
 
 from pipeline.errors import BrokerUnavailable, CredentialsRejected
 from pipeline.kafka.connection import client_options
+from pipeline.kafka.internals import open_connection
 from pipeline.kafka.topology import TopicSpec
 from pipeline.settings import KafkaSettings
 
@@ -79,7 +79,7 @@ async def _sasl_refusal(settings: KafkaSettings, timeout_s: float) -> str | None
     host, _, port = settings.bootstrap_hosts[0].rpartition(":")
     try:
         async with asyncio.timeout(timeout_s):
-            connection = await create_conn(
+            connection = await open_connection(
                 host,
                 int(port),
                 client_id=settings.client_id_prefix,

@@ -30,6 +30,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from pipeline.errors import NoOutput, UndecodableRecord
 from pipeline.failures.classify import Verdict
 from pipeline.failures.provenance import REPLAY_OF
+from pipeline.kafka.internals import InternalsChanged
 from pipeline.runtime.checkpointing import Checkpointing
 from pipeline.runtime.core.ledger import Lane, PartitionState
 from pipeline.runtime.dedupe import record_identity
@@ -76,7 +77,11 @@ class StageEngine(Outcomes, Checkpointing):
                 continue  # behind a record that is not due yet: fetched again on resume
             if slot != last_slot and control is not None:
                 last_slot = slot
-                position = control.position(TopicPartition(*slot))
+                try:
+                    position = control.position(TopicPartition(*slot))
+                except InternalsChanged as exc:
+                    self.fail(exc)  # not ready, stopped: not an error on every batch
+                    raise StageFailed(f"stage {self.spec.name} failed") from exc
                 if position is None or position <= record.offset:
                     # Fetched before a rebalance reset the position to the committed
                     # offset, at or below these records: they are fetched again.

@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from pipeline.failures.provenance import Headers
+from pipeline.kafka.internals import TRANSACTION_STATE_ERRORS
 from pipeline.runtime.batching import BatchingSink
 from pipeline.runtime.core.receipts import Receipt
 from pipeline.runtime.ports import Delivered
@@ -128,7 +129,7 @@ class PartitionTransactions:
         await slot.batches.discard()
         try:
             await slot.producer.abort_transaction()
-        except (KafkaError, AssertionError) as exc:
+        except (KafkaError, *TRANSACTION_STATE_ERRORS) as exc:
             # Fenced or failed already (aiokafka asserts on the state change then): the
             # broker aborts it, or the next owner's producer does.
             log.debug("abort on release: %r", exc)

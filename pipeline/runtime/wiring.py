@@ -22,6 +22,7 @@ from faststream.kafka.annotations import KafkaMessage
 
 from pipeline.failures.provenance import Headers
 from pipeline.kafka.connection import client_options
+from pipeline.kafka.internals import fetch_position, skip_decoding
 from pipeline.kafka.topology import Naming
 from pipeline.runtime.batching import BatchingSink
 from pipeline.runtime.engine import StageEngine
@@ -68,11 +69,7 @@ class ConsumerFlow:
 
     def position(self, partition: TopicPartition) -> int | None:
         """The next offset the consumer hands out (past transaction markers)."""
-        state = self._consumer._subscription.subscription
-        if state is None or state.assignment is None or partition not in state.assignment.tps:
-            return None
-        tp_state = state.assignment.state_value(partition)
-        return tp_state.position if tp_state.has_valid_position else None
+        return fetch_position(self._consumer, partition)
 
     def describe(self) -> dict[str, Any]:
         """Paused partitions and the positions the consumer will fetch next."""
@@ -173,7 +170,7 @@ class StageRuntime:
             rebalance_timeout_ms=settings.rebalance_timeout_ms,
             heartbeat_interval_ms=min(3_000, settings.session_timeout_ms // 3),
             title=f"{source}:{spec.name}",
-            decoder=_records_undecoded,
+            decoder=skip_decoding,
             description=spec.description,
         )
 
@@ -270,12 +267,6 @@ class StageRuntime:
         if assigned is None:
             return "starting"
         return "assigned" if assigned else "idle"
-
-
-async def _records_undecoded(message: Any) -> None:
-    """The engine decodes each record itself: skip FastStream's per-record decoding of the
-    batch (it builds a full message object, with a fresh UUID, for every record)."""
-    return
 
 
 class _DeferredSink:

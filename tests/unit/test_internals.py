@@ -1,0 +1,104 @@
+"""The private aiokafka and FastStream internals the pipeline reads are still there.
+
+No broker: these fail on an upgrade that moves an internal, before a stage does.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+from aiokafka.producer.transaction_manager import TransactionManager, TransactionState
+from aiokafka.structs import TopicPartition
+from faststream.kafka import KafkaRouter
+
+from pipeline.kafka.internals import (
+    TRANSACTION_STATE_ERRORS,
+    InternalsChanged,
+    fetch_position,
+    open_connection,
+    skip_decoding,
+)
+from pipeline.runtime.observer import NullObserver
+from pipeline.runtime.ports import StageFailed
+from tests.unit.test_engine_accounting import Event, engine_for, record
+
+pytestmark = pytest.mark.unit
+
+
+async def test_fetch_position_reads_the_consumers_position_without_a_broker() -> None:
+    consumer = AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+    tp = TopicPartition("orders", 3)
+    assert fetch_position(consumer, tp) is None  # nothing assigned
+    consumer.assign([tp])
+    assert fetch_position(consumer, tp) is None  # assigned, position not known yet
+    # what the fetcher's seek does once started (the public seek needs a broker)
+    consumer._subscription.subscription.assignment.state_value(tp).seek(42)
+    assert fetch_position(consumer, tp) == 42
+    assert fetch_position(consumer, TopicPartition("orders", 4)) is None
+
+
+def test_a_consumer_without_the_internal_raises_a_clear_error() -> None:
+    class Moved:
+        pass
+
+    with pytest.raises(InternalsChanged, match="pin aiokafka"):
+        fetch_position(Moved(), TopicPartition("orders", 0))  # type: ignore[arg-type]
+
+
+async def test_an_invalid_transaction_transition_raises_what_callers_catch() -> None:
+    manager = TransactionManager("t-1", 60_000)
+    with pytest.raises(TRANSACTION_STATE_ERRORS):
+        manager._transition_to(TransactionState.COMMITTING_TRANSACTION)
+
+
+def test_open_connection_takes_the_arguments_the_sasl_probe_passes() -> None:
+    parameters = inspect.signature(open_connection).parameters
+    for name in (
+        "client_id",
+        "request_timeout_ms",
+        "ssl_context",
+        "security_protocol",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+    ):
+        assert name in parameters, name
+
+
+async def test_faststream_batch_subscribers_take_a_decoder_that_decodes_nothing() -> None:
+    assert "decoder" in inspect.signature(KafkaRouter().subscriber).parameters
+    assert await skip_decoding(object()) is None
+
+
+class BrokenControl:
+    """A consumer whose fetch positions cannot be read any more."""
+
+    def position(self, partition: TopicPartition) -> int | None:
+        raise InternalsChanged("moved")
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+
+async def test_a_broken_position_read_fails_the_stage_and_makes_it_not_ready() -> None:
+    readiness: list[bool] = []
+
+    class Observer(NullObserver):
+        def ready(self, is_ready: bool) -> None:
+            readiness.append(is_ready)
+
+    async def handler(event: Event, services: Any) -> Event:
+        return event
+
+    engine, _ = engine_for(handler)
+    engine._observer = Observer()
+    engine.control = BrokenControl()  # type: ignore[assignment]
+    with pytest.raises(StageFailed):
+        await engine.submit([record(0, "a")])
+    assert isinstance(engine.failure, InternalsChanged)
+    assert readiness == [False]
+    with pytest.raises(StageFailed):  # later batches: the same failure, not a new one
+        await engine.submit([record(1, "a")])
