@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import StrEnum
 
 from aiokafka.errors import (
     AuthenticationFailedError,
@@ -17,17 +16,9 @@ from aiokafka.errors import (
 from pydantic import ValidationError
 
 from pipeline.errors import ConfigurationError, FatalError, RetryableError
+from pipeline.failures.verdict import Verdict
 
-
-class Verdict(StrEnum):
-    """The runtime's answer to a failure."""
-
-    RETRY = "retry"
-    """Try the record again later; its key waits behind it."""
-    DEAD_LETTER = "dead_letter"
-    """Send the record to the stage's dead-letter topic now."""
-    FAIL_STAGE = "fail_stage"
-    """Stop the stage without committing: the pipeline itself is broken."""
+__all__ = ["FENCED_OR_FORBIDDEN", "ErrorPolicy", "Verdict", "default_error_policy"]
 
 
 FENCED_OR_FORBIDDEN = (

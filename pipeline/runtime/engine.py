@@ -29,9 +29,11 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from pipeline.errors import NoOutput, UndecodableRecord
 from pipeline.failures.classify import Verdict
+from pipeline.failures.ladder import rung_of
 from pipeline.failures.provenance import REPLAY_OF
 from pipeline.kafka.internals import InternalsChanged
 from pipeline.runtime.checkpointing import Checkpointing
+from pipeline.runtime.core.decisions import Climb, FailStage, RetryInProcess, after_failure
 from pipeline.runtime.core.ledger import Lane, PartitionState
 from pipeline.runtime.dedupe import record_identity
 from pipeline.runtime.eager import Pending, step
@@ -243,33 +245,45 @@ class StageEngine(Outcomes, Checkpointing):
             self._run_lane(lane, following, own)
 
     def _on_error(
-        self: StageEngine,
+        self,
         record: ConsumerRecord,
         partition: PartitionState,
         event: Any,
         exc: BaseException,
         started: float,
+        attempts_here: int = 1,
     ) -> bool:
-        """Decide a failed record's fate; ``True`` when its output is issued now."""
+        """Perform the failure path's decision for a record; ``True`` when its output
+        (a retry record or a dead letter) is issued now."""
         verdict = self.spec.error_policy(exc)
-        self._observer.failed(exc, verdict)
-        if verdict is Verdict.FAIL_STAGE:
+        if attempts_here == 1:
+            self._observer.failed(exc, verdict)  # in-process attempts count as retries
+        level = self._levels.get(record.topic, 0)
+        action = after_failure(
+            verdict,
+            level=level,
+            attempts_before=rung_of(record, level).attempts,
+            attempts_here=attempts_here,
+            in_process_attempts=self._settings.in_process_attempts,
+            ladder_levels=self._ladder.levels,
+            ordered=self._ordered,
+        )
+        if isinstance(action, FailStage):
             self.fail(exc)
             return False
-        first_try_here = record.topic == self.source_topic
-        if verdict is Verdict.RETRY and first_try_here and self._settings.in_process_attempts > 1:
-            task = asyncio.ensure_future(self._retry_in_process(event))
+        if isinstance(action, RetryInProcess):
+            task = asyncio.ensure_future(self._retry_in_process(event, action.attempts))
             task.add_done_callback(partial(self._on_retried, record, partition, event, started))
             return False
-        if verdict is Verdict.RETRY:
-            return self._climb(record, partition, exc, 1)
-        return self._dead_letter(record, partition, exc, 1, None)
+        if isinstance(action, Climb):
+            return self._climb(record, partition, exc, action)
+        return self._dead_letter(record, partition, exc, action.attempts, None)
 
-    async def _retry_in_process(self: StageEngine, event: Any) -> Any:
-        """Further attempts with jittered exponential backoff, well inside the poll
-        interval; the key's lane stays held, other keys go on."""
+    async def _retry_in_process(self, event: Any, attempts: int) -> Any:
+        """Up to ``attempts`` further attempts with jittered exponential backoff, well
+        inside the poll interval; the key's lane stays held, other keys go on."""
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self._settings.in_process_attempts - 1),
+            stop=stop_after_attempt(attempts),
             wait=wait_exponential_jitter(multiplier=0.02, max=0.5, jitter=0.05),
             retry=retry_if_exception(lambda e: self.spec.error_policy(e) is Verdict.RETRY),
             reraise=True,
@@ -281,7 +295,7 @@ class StageEngine(Outcomes, Checkpointing):
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     def _on_retried(
-        self: StageEngine,
+        self,
         record: ConsumerRecord,
         partition: PartitionState,
         event: Any,
@@ -294,11 +308,9 @@ class StageEngine(Outcomes, Checkpointing):
             exc = task.exception()
             if exc is None:
                 issued = self._handled(record, partition, event, started, task.result())
-            elif self.spec.error_policy(exc) is Verdict.FAIL_STAGE:
-                self.fail(exc)
-                return
             else:
-                issued = self._climb(record, partition, exc, self._settings.in_process_attempts)
+                attempts = self._settings.in_process_attempts
+                issued = self._on_error(record, partition, event, exc, started, attempts)
             if issued:
                 self._continue_lane(record, partition)
         except Exception as error:  # a callback's error would reach no one: stop instead

@@ -19,6 +19,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from pipeline.failures.holds import Hold, encode_hold
 from pipeline.failures.ladder import rung_headers, rung_of
 from pipeline.failures.provenance import HEADER_PREFIX, Failure, Headers, failure_headers, now
+from pipeline.runtime.core.decisions import Climb
 from pipeline.runtime.core.ledger import Lane, PartitionState
 from pipeline.runtime.core.receipts import Receipt
 from pipeline.runtime.dedupe import record_identity
@@ -115,16 +116,12 @@ class Outcomes(EngineState):
         record: ConsumerRecord,
         partition: PartitionState,
         exc: BaseException,
-        attempts: int,
+        climb: Climb,
     ) -> bool:
-        """Send a record that keeps failing to the next rung of the ladder (or the
-        dead-letter topic after the last). With ``ordering="key"`` its key is held: later
-        events of the key wait until it succeeds or is dead-lettered."""
-        rung = rung_of(record, self._levels.get(record.topic, 0))
-        total_attempts = rung.attempts + attempts
-        level = self._ladder.next_level(rung.level)
-        if level is None:
-            return self._dead_letter(record, partition, exc, total_attempts, None)
+        """Send a record that keeps failing to the ladder's rung ``climb.level``. With
+        ``climb.hold`` its key is held: later events of the key wait until it succeeds
+        or is dead-lettered."""
+        level, total_attempts = climb.level, climb.attempts
         failed_at = now()
         first = _first_failure(record) or failed_at
         headers = failure_headers(
@@ -135,7 +132,7 @@ class Outcomes(EngineState):
         self._observer.retried()
         topic = self.retry_topics[level - 1]
         value = record.value or b""
-        if not self._ordered:
+        if not climb.hold:
             return self._emit(record, partition, topic, value, headers)
         origin = dict(headers)
         hold = Hold(

@@ -10,4 +10,5 @@ answers. Its invariants are model-checked in ``tests/unit/test_core_model.py``.
   receipts.py    what an output record carries back to finish its input
   ledger.py      a stage's partitions, lanes, holds and in-flight total
   checkpoint.py  the commit rule and the drain barrier, for both guarantees
+  decisions.py   a failed record's next step: retry here, climb, dead-letter, stop
 """
