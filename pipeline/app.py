@@ -95,6 +95,7 @@ def create_app(
         logger=logging.getLogger("pipeline.faststream"),
         middlewares=middlewares,
     )
+    naming = Naming.of(settings.topics)
     runtimes = [
         StageRuntime(
             catalog[name],
@@ -103,17 +104,13 @@ def create_app(
             context.get("services"),
             observer=observers.get(name),
             sink=sink_factory(broker) if sink_factory else None,
-            naming=Naming.of(settings.topics),
+            naming=naming,
+            tracing=RecordTracing(provider, name, naming.group(name)) if provider else None,
         )
         for name in names
     ]
-    naming = Naming.of(settings.topics)
     for runtime in runtimes:
         broker.include_router(runtime.router)
-        if provider is not None:
-            runtime.engine.tracing = RecordTracing(
-                provider, runtime.spec.name, naming.group(runtime.spec.name)
-            )
 
     async def start_producers() -> None:
         for runtime in runtimes:

@@ -52,7 +52,7 @@ async def serve(settings: Settings, stage_names: Sequence[str] | None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda _signum, _frame: None)
         for runtime in pipeline.runtimes:
-            runtime.engine.on_failure = lambda _exc: setattr(server, "should_exit", True)
+            runtime.engine.on_failure(lambda _exc: setattr(server, "should_exit", True))
         await server.serve()
     else:
         stop = asyncio.Event()
@@ -60,7 +60,7 @@ async def serve(settings: Settings, stage_names: Sequence[str] | None) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         for runtime in pipeline.runtimes:
-            runtime.engine.on_failure = lambda _exc: stop.set()
+            runtime.engine.on_failure(lambda _exc: stop.set())
         starting = asyncio.create_task(pipeline.start())
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -21,7 +21,7 @@ from pipeline.failures.holds import load_holds
 from pipeline.runtime.core.checkpoint import barrier_clear, commit_plan, mark_committed
 from pipeline.runtime.core.ledger import PartitionState
 from pipeline.runtime.dedupe import recent_event_ids
-from pipeline.runtime.ports import OffsetCommitter, Transactions
+from pipeline.runtime.ports import ConsumerPort, Transactions
 from pipeline.runtime.state import EngineState
 
 log = logging.getLogger(__name__)
@@ -32,12 +32,14 @@ class Checkpointing(EngineState):
 
     # -- lifecycle -------------------------------------------------------------------
 
-    def start(self, committer: OffsetCommitter | None) -> None:
-        """Begin periodic commits through ``committer`` (``None``: nothing to commit)."""
-        self._committer = committer
-        if committer is None:
-            self._settled.set()  # no consumer group (a test broker): nothing to settle
-        if committer is not None and self._commit_task is None:
+    def start(self, consumer: ConsumerPort | None) -> None:
+        """Take records from ``consumer`` and commit periodically — through it, or
+        through the transactions with exactly_once (``None``: a consumer without a
+        group, as in contract tests: nothing to commit or settle)."""
+        self._consumer = consumer
+        if consumer is None:
+            self._settled.set()
+        elif self._commit_task is None:
             self._commit_task = asyncio.create_task(self._commit_periodically())
 
     async def stop(self, timeout_s: float) -> None:
@@ -57,7 +59,7 @@ class Checkpointing(EngineState):
 
     async def commit(self, only: Sequence[TopicPartition] | None = None) -> None:
         """Commit every partition whose safe offset moved (or just ``only`` those)."""
-        if self._committer is None or self.failure is not None:
+        if self._consumer is None or self.failure is not None:
             return
         if self.transactions is not None:
             await self._commit_transactions(self.transactions, only)
@@ -68,7 +70,7 @@ class Checkpointing(EngineState):
             if not offsets:
                 return
             try:
-                await self._committer.commit(offsets)
+                await self._consumer.commit(offsets)
             except (CommitFailedError, KafkaError) as exc:
                 # A rebalance is under way; the revoke path commits what it can.
                 log.warning("commit of %s failed: %r", self.spec.name, exc)
@@ -88,9 +90,9 @@ class Checkpointing(EngineState):
             return
         mark_committed(chosen, offsets)
         self._observer.committed(offsets)
-        if self.highwater is not None:
+        if self._consumer is not None:
             for tp, offset in offsets.items():
-                end = self.highwater(tp)
+                end = self._consumer.highwater(tp)
                 if end is not None:
                     self._observer.lag(tp, max(0, end - offset))
 
@@ -170,23 +172,21 @@ class Checkpointing(EngineState):
             await self.transactions.assign({tp.partition for tp in partitions})
         numbers = sorted(tp.partition for tp in partitions if tp.topic == self.source_topic)
         ledger = self._ledger
-        if self._ordered and self.kafka_settings is not None:
+        if self._ordered and self._kafka is not None:
             known = {lane[0] for lane in ledger.holds}
             fresh = [n for n in numbers if n not in known]
-            for lane, hold in (
-                await load_holds(self.kafka_settings, self.holds_topic, fresh)
-            ).items():
+            for lane, hold in (await load_holds(self._kafka, self.holds_topic, fresh)).items():
                 ledger.holds[lane] = hold
                 if not ledger.lanes.busy(lane):
                     ledger.lanes.admit(lane, None)
-        if self._recent is not None and self.kafka_settings is not None:
+        if self._recent is not None and self._kafka is not None:
             tails = [
                 TopicPartition(topic, n)
                 for topic in (self._sink_topic, self._dead_letter_topic)
                 for n in numbers
             ]
-            per_partition = self._settings.dedupe_window // max(1, self.partition_count)
-            for event_id in await recent_event_ids(self.kafka_settings, tails, per_partition):
+            per_partition = self._settings.dedupe_window // max(1, self._source_partitions)
+            for event_id in await recent_event_ids(self._kafka, tails, per_partition):
                 self._recent.add(event_id)
 
     async def revoked(self, partitions: set[TopicPartition], timeout_s: float) -> None:

@@ -69,7 +69,7 @@ class StageEngine(Outcomes, Checkpointing):
         holds = ledger.holds
         levels = self._levels
         waiting: set[tuple[str, int]] = set()
-        control = self.control
+        control = self._consumer
         positions: dict[tuple[str, int], int] = {}
         last_slot: tuple[str, int] | None = None
         taken_before = ledger.in_flight

@@ -45,11 +45,11 @@ class Outcomes(EngineState):
         """
         due_at_ms = rung_of(record, level).due_at_ms
         delay_s = due_at_ms / 1000 - time.time()
-        if delay_s <= 0 or self.control is None:
+        if delay_s <= 0 or self._consumer is None:
             return False
         tp = TopicPartition(record.topic, record.partition)
-        self.control.pause(tp)
-        self.control.seek(tp, record.offset)
+        self._consumer.pause(tp)
+        self._consumer.seek(tp, record.offset)
         previous = self._resume_timers.pop(tp, None)
         if previous is not None:
             previous.cancel()
@@ -59,8 +59,8 @@ class Outcomes(EngineState):
 
     def _resume(self, tp: TopicPartition) -> None:
         self._resume_timers.pop(tp, None)
-        if self.control is not None and self._ledger.owns(tp):
-            self.control.resume(tp)
+        if self._consumer is not None and self._ledger.owns(tp):
+            self._consumer.resume(tp)
 
     # -- tracing ---------------------------------------------------------------------
 

@@ -90,3 +90,11 @@ class ConsumerControl(Protocol):
     def describe(self) -> dict[str, Any]:
         """The consumer's view: paused partitions and fetch positions."""
         ...
+
+
+class ConsumerPort(ConsumerControl, OffsetCommitter, Protocol):
+    """The stage's consumer as the engine uses it: flow control, commits, end offsets."""
+
+    def highwater(self, partition: TopicPartition) -> int | None:
+        """The partition's end offset as last fetched, if known (for lag)."""
+        ...

@@ -24,10 +24,10 @@ from pipeline.runtime.core.ledger import StageLedger
 from pipeline.runtime.core.receipts import Receipt
 from pipeline.runtime.dedupe import RecentIds
 from pipeline.runtime.observer import StageObserver
-from pipeline.runtime.ports import ConsumerControl, OffsetCommitter, RecordSink, Transactions
+from pipeline.runtime.ports import ConsumerPort, RecordSink, Transactions
 from pipeline.runtime.stage import StageSpec
 from pipeline.services import Services
-from pipeline.settings import StageSettings
+from pipeline.settings import KafkaSettings, StageSettings
 from pipeline.telemetry.tracing import RecordTracing
 
 log = logging.getLogger("pipeline.runtime.engine")
@@ -44,7 +44,13 @@ class EngineState:
         sink: RecordSink,
         observer: StageObserver,
         naming: Naming | None = None,
+        *,
+        kafka: KafkaSettings | None = None,
+        tracing: RecordTracing | None = None,
     ) -> None:
+        """``kafka``: where the holds journal and dedupe tails are read on assignment
+        (``None``: nothing to read, as in contract tests); ``tracing``: per-record spans.
+        The consumer arrives with :meth:`start`, the producer with :meth:`attach_sink`."""
         self.spec = spec
         naming = naming or Naming()
         self._sink_topic = naming.topic(spec.sink)
@@ -57,17 +63,17 @@ class EngineState:
         self._ordered = settings.ordering == "key"
         self._ledger: StageLedger[ConsumerRecord, Hold] = StageLedger()
         self._resume_timers: dict[TopicPartition, asyncio.TimerHandle] = {}
-        self.control: ConsumerControl | None = None
+        self._consumer: ConsumerPort | None = None
         self._identify = spec.identify or str
         self._recent = (
             RecentIds(settings.dedupe_window)
             if spec.identify is not None and settings.dedupe_window
             else None
         )
-        self.partition_count = 1
-        self.tracing: RecordTracing | None = None
+        self._source_partitions = 1
+        self.tracing = tracing
         self._spans: dict[int, Any] = {}
-        self.kafka_settings: Any = None
+        self._kafka = kafka
         self.services = services
         self._settings = settings
         self._sink = sink
@@ -78,9 +84,8 @@ class EngineState:
         self._max_in_flight = settings.max_in_flight
         self._capacity = asyncio.Event()
         self._progress = asyncio.Event()
-        self._committer: OffsetCommitter | None = None
         self._commit_lock = asyncio.Lock()
-        self.transactions: Transactions | None = None
+        self.transactions: Transactions | None = None  # exactly_once, from attach_sink
         # exactly_once: cleared while a transaction commit is being set up, so intake
         # waits for it
         self._unsealed = asyncio.Event()
@@ -91,8 +96,7 @@ class EngineState:
         self._commit_task: asyncio.Task[None] | None = None
         self._closing = False
         self.failure: BaseException | None = None
-        self.on_failure: Callable[[BaseException], None] | None = None
-        self.highwater: Callable[[TopicPartition], int | None] | None = None
+        self._failure_listeners: list[Callable[[BaseException], None]] = []
         observer.ready(False)
 
     # -- what the stage is doing -------------------------------------------------------
@@ -131,13 +135,27 @@ class EngineState:
                 }
                 for p in ledger.partitions.values()
             },
-            "consumer": self.control.describe() if self.control is not None else None,
+            "consumer": self._consumer.describe() if self._consumer is not None else None,
         }
 
-    def attach_sink(self, sink: RecordSink) -> None:
-        """Send outputs straight to ``sink`` from now on (the stage's started producer)."""
+    def attach_sink(
+        self,
+        sink: RecordSink,
+        *,
+        source_partitions: int,
+        transactions: Transactions | None = None,
+    ) -> None:
+        """Send outputs straight to ``sink`` from now on (the stage's started producer);
+        ``transactions`` (exactly_once) also commits the input offsets.
+        ``source_partitions`` sizes the dedupe tail read per partition."""
         sink.bind(self._delivered)
         self._sink = sink
+        self._source_partitions = max(1, source_partitions)
+        self.transactions = transactions
+
+    def on_failure(self, listener: Callable[[BaseException], None]) -> None:
+        """Call ``listener`` once when the stage fails (to stop its process)."""
+        self._failure_listeners.append(listener)
 
     @property
     def assignment(self) -> set[TopicPartition] | None:
@@ -168,8 +186,8 @@ class EngineState:
             self.failure = exc
             self._observer.ready(False)
             log.error("stage %s failed; stopping without committing", self.spec.name, exc_info=exc)
-            if self.on_failure is not None:
-                self.on_failure(exc)
+            for listener in self._failure_listeners:
+                listener(exc)
         self._capacity.set()
         self._progress.set()
         self._settled.set()  # nothing waits for an assignment that will not come

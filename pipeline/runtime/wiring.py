@@ -16,7 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.structs import TopicPartition
-from faststream import AckPolicy, Context
+from faststream import AckPolicy
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 
@@ -32,13 +32,15 @@ from pipeline.runtime.stage import StageSpec
 from pipeline.runtime.transactions import PartitionTransactions
 from pipeline.services import Services
 from pipeline.settings import KafkaSettings, StageSettings
+from pipeline.telemetry.tracing import RecordTracing
 from schemas import OrderProgress
 
 log = logging.getLogger(__name__)
 
 
-class ConsumerCommitter:
-    """Commits explicit offsets on the subscriber's aiokafka consumer."""
+class ConsumerFlow:
+    """The subscriber's aiokafka consumer as the engine's :class:`ConsumerPort`: pause,
+    resume and seek, explicit commits, fetch positions and end offsets."""
 
     def __init__(self, consumer: AIOKafkaConsumer) -> None:
         self._consumer = consumer
@@ -47,12 +49,10 @@ class ConsumerCommitter:
         """Commit ``offsets`` (next offset to consume per partition)."""
         await self._consumer.commit(offsets)
 
-
-class ConsumerFlow:
-    """Pause, resume and seek on the subscriber's consumer."""
-
-    def __init__(self, consumer: AIOKafkaConsumer) -> None:
-        self._consumer = consumer
+    def highwater(self, partition: TopicPartition) -> int | None:
+        """The partition's end offset as of the last fetch."""
+        end: int | None = self._consumer.highwater(partition)
+        return end
 
     def pause(self, partition: TopicPartition) -> None:
         """Stop fetching ``partition``."""
@@ -108,6 +108,7 @@ class StageRuntime:
         observer: StageObserver | None = None,
         sink: RecordSink | None = None,
         naming: Naming | None = None,
+        tracing: RecordTracing | None = None,
     ) -> None:
         self.spec = spec
         self.naming = naming or Naming()
@@ -120,9 +121,15 @@ class StageRuntime:
         self._deferred = _DeferredSink()
         self._sink: RecordSink = sink or self._deferred
         self.engine = StageEngine(
-            spec, services, settings, self._sink, observer or NullObserver(), self.naming
+            spec,
+            services,
+            settings,
+            self._sink,
+            observer or NullObserver(),
+            self.naming,
+            kafka=kafka,
+            tracing=tracing,
         )
-        self.engine.kafka_settings = kafka
         self._consumer: AIOKafkaConsumer | None = None
         self.router = self._build_router()
 
@@ -175,19 +182,13 @@ class StageRuntime:
         )
 
         @subscriber
-        async def consume_batch(
-            message: KafkaMessage, services: Services = Context("services")
-        ) -> None:
+        async def consume_batch(message: KafkaMessage) -> None:
             if self._consumer is None:
                 self._consumer = message.consumer
                 consumer = message.consumer
-                if isinstance(consumer, AIOKafkaConsumer):
-                    engine.highwater = consumer.highwater
-                    engine.control = ConsumerFlow(consumer)
-                    engine.start(engine.transactions or ConsumerCommitter(consumer))
-                else:
-                    engine.start(None)
-            engine.services = services
+                engine.start(
+                    ConsumerFlow(consumer) if isinstance(consumer, AIOKafkaConsumer) else None
+                )
             await engine.submit(message.raw_message)
 
         return router
@@ -205,7 +206,7 @@ class StageRuntime:
             *self.engine.retry_topics,
         ]
         counts = {topic: len(await self._producer.partitions_for(topic)) for topic in topics}
-        self.engine.partition_count = counts[topics[0]]
+        source_partitions = counts[topics[0]]
         if self.exactly_once:
             # Outputs go through a transactional producer per input partition, started on
             # assignment; this one only looked up the partition counts.
@@ -216,14 +217,17 @@ class StageRuntime:
             )
             self._transactions.on_error = self.engine.fail
             self._deferred.target = self._transactions
-            self.engine.transactions = self._transactions
-            self.engine.attach_sink(self._transactions)
+            self.engine.attach_sink(
+                self._transactions,
+                source_partitions=source_partitions,
+                transactions=self._transactions,
+            )
             return
         self._batches = BatchingSink(self._producer, counts)
         self._batches.on_error = self.engine.fail
         self._batches.start()
         self._deferred.target = self._batches
-        self.engine.attach_sink(self._batches)
+        self.engine.attach_sink(self._batches, source_partitions=source_partitions)
 
     def _new_producer(self, transactional_id: str | None = None) -> AIOKafkaProducer:
         return AIOKafkaProducer(

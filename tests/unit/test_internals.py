@@ -82,6 +82,9 @@ class BrokenControl:
     def describe(self) -> dict[str, Any]:
         return {}
 
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        raise AssertionError("a failed stage commits nothing")
+
 
 async def test_a_broken_position_read_fails_the_stage_and_makes_it_not_ready() -> None:
     readiness: list[bool] = []
@@ -95,10 +98,11 @@ async def test_a_broken_position_read_fails_the_stage_and_makes_it_not_ready() -
 
     engine, _ = engine_for(handler)
     engine._observer = Observer()
-    engine.control = BrokenControl()  # type: ignore[assignment]
+    engine.start(BrokenControl())  # type: ignore[arg-type]
     with pytest.raises(StageFailed):
         await engine.submit([record(0, "a")])
     assert isinstance(engine.failure, InternalsChanged)
     assert readiness == [False]
     with pytest.raises(StageFailed):  # later batches: the same failure, not a new one
         await engine.submit([record(1, "a")])
+    await engine.stop(timeout_s=0)
