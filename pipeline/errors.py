@@ -7,7 +7,7 @@
     │   └── ServiceUnavailable
     ├── FatalError            retrying cannot help: the record goes to the dead-letter topic
     │   ├── UndecodableRecord   bytes that are not JSON or do not fit the schema
-    │   ├── NoOutput            a handler returned nothing where an event was due
+    │   ├── NoOutput            a handler returned something that is not an output
     │   └── BusinessRuleViolation
     └── ConfigurationError    the pipeline is set up wrong; stop instead of processing
         ├── BrokerUnavailable     nothing answers at the bootstrap address
@@ -57,4 +57,5 @@ class CredentialsRejected(ConfigurationError):
 
 
 class NoOutput(FatalError):
-    """A handler returned nothing (or no event) where its stage declares an output."""
+    """A handler returned something that is neither an event, an :class:`Output`, a
+    list of them, nor ``None``; or an output to a topic its stage did not declare."""

@@ -25,6 +25,7 @@ from functools import partial
 from typing import Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
+from pydantic import BaseModel
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from pipeline.errors import NoOutput, UndecodableRecord
@@ -38,6 +39,7 @@ from pipeline.runtime.core.ledger import Lane, PartitionState
 from pipeline.runtime.dedupe import record_identity
 from pipeline.runtime.eager import Pending, step
 from pipeline.runtime.outcomes import Outcomes
+from pipeline.runtime.outputs import as_records
 from pipeline.runtime.ports import (
     StageFailed,
 )
@@ -182,27 +184,36 @@ class StageEngine(Outcomes, Checkpointing):
         started: float,
         result: Any,
     ) -> bool:
-        """The handler succeeded: count it, remember the event, queue its output.
+        """The handler succeeded: count it, remember the event, queue its outputs.
 
-        A handler that returned nothing, or something that is not an event, has its
+        A result that is not an output (see :mod:`pipeline.runtime.outputs`) has its
         record dead-lettered with the reason: it must neither vanish nor stall the
         partition's commit.
         """
-        if result is None:
-            problem = NoOutput(f"the handler of stage {self.spec.name} returned None")
-            return self._dead_letter(record, partition, problem, 1, None)
+        if self._key_of is None and isinstance(result, BaseModel):
+            value = encode(result)  # the common case, kept short: one event, same key
+            self._observer.handled(time.perf_counter() - started, event)
+            if self._recent is not None:
+                self._recent.add(self._identify(event))
+            return self._succeeded(record, partition, value)
         try:
-            value = encode(result)
-        except Exception as exc:
-            problem = NoOutput(
-                f"the handler of stage {self.spec.name} returned a {type(result).__name__}, "
-                f"not an event model: {exc!r}"
+            records = as_records(
+                result,
+                input_key=record.key,
+                sink=self._sink_topic,
+                declared=self._declared,
+                key_of=self._key_of,
             )
+        except Exception as exc:
+            problem = exc if isinstance(exc, NoOutput) else NoOutput(repr(exc))
+            problem.args = (f"stage {self.spec.name}: {problem}",)
             return self._dead_letter(record, partition, problem, 1, None)
         self._observer.handled(time.perf_counter() - started, event)
         if self._recent is not None:
             self._recent.add(self._identify(event))
-        return self._succeeded(record, partition, value)
+        if not records:
+            self._observer.dropped()
+        return self._succeeded_with(record, partition, records)
 
     def _skip(self, record: ConsumerRecord, partition: PartitionState) -> bool:
         """Finish a record without output (a duplicate of one already handled)."""

@@ -40,6 +40,9 @@ class StageObserver(Protocol):
     def deduplicated(self) -> None:
         """A redelivered record was finished without a second output."""
 
+    def dropped(self) -> None:
+        """The handler returned nothing: the record is consumed with no output."""
+
     def lag(self, partition: TopicPartition, records: int) -> None:
         """``records`` of ``partition`` are behind the group's committed offset."""
 
@@ -72,6 +75,9 @@ class NullObserver:
         """Ignored."""
 
     def deduplicated(self) -> None:
+        """Ignored."""
+
+    def dropped(self) -> None:
         """Ignored."""
 
     def lag(self, partition: TopicPartition, records: int) -> None:

@@ -23,6 +23,7 @@ from pipeline.runtime.core.decisions import Climb
 from pipeline.runtime.core.ledger import Lane, PartitionState
 from pipeline.runtime.core.receipts import Receipt
 from pipeline.runtime.dedupe import record_identity
+from pipeline.runtime.outputs import Record
 from pipeline.runtime.state import EngineState
 
 
@@ -168,6 +169,27 @@ class Outcomes(EngineState):
                 )
         return self._emit(record, partition, self._sink_topic, value, headers)
 
+    def _succeeded_with(
+        self, record: ConsumerRecord, partition: PartitionState, records: list[Record]
+    ) -> bool:
+        """Queue a handler's output records (none: dropped); a record back from the
+        ladder releases its key."""
+        headers = _forwarded(record)
+        if self.tracing is not None:
+            headers = self._traced(record, headers)
+            self._end_span(record, "processed" if records else "dropped")
+        holds = self._ledger.holds
+        release = False
+        if holds:
+            lane = (record.partition, record.key)
+            if lane in holds and self._levels.get(record.topic, 0):
+                del holds[lane]
+                release = True
+        if not records and not release:
+            self._ledger.finish(partition, record.offset)
+            return True
+        return self._emit_all(record, partition, records, headers, journal=release, hold=None)
+
     def _emit_journaled(
         self,
         record: ConsumerRecord,
@@ -179,11 +201,29 @@ class Outcomes(EngineState):
     ) -> bool:
         """Queue an output together with the key's hold (``None``: its release); the
         input finishes only when both are acknowledged."""
-        receipt = Receipt(partition, record.offset, 2)
-        journal = encode_hold(hold) if hold is not None else None
+        records = [(topic, record.key, value)]
+        return self._emit_all(record, partition, records, headers, journal=True, hold=hold)
+
+    def _emit_all(
+        self,
+        record: ConsumerRecord,
+        partition: PartitionState,
+        records: list[Record],
+        headers: Headers,
+        *,
+        journal: bool,
+        hold: Hold | None,
+    ) -> bool:
+        """Queue ``records`` in order, after the key's journal entry when ``journal``
+        (``hold``, or ``None`` for its release); the input finishes when the broker has
+        acknowledged every one of them."""
+        receipt = Receipt(partition, record.offset, len(records) + journal)
         try:
-            self._sink.append(self.holds_topic, record.key, journal, [], receipt)  # type: ignore[arg-type]
-            self._sink.append(topic, record.key, value, headers, receipt)
+            if journal:
+                entry = encode_hold(hold) if hold is not None else None
+                self._sink.append(self.holds_topic, record.key, entry, [], receipt)  # type: ignore[arg-type]
+            for topic, key, value in records:
+                self._sink.append(topic, key, value, headers, receipt)
         except Exception as exc:
             self.fail(exc)
             return False

@@ -36,6 +36,16 @@ class StageSpec(Generic[In, Out]):
     description: str = ""
     identify: Callable[[Any], str] | None = None
     """The event id of an input, for deduplicating redelivered records."""
+    outputs: tuple[str, ...] = ()
+    r"""Further topics the handler may send :class:`~pipeline.runtime.outputs.Output`\ s
+    to, beside ``sink``."""
+    key: Callable[[Any], str | bytes] | None = None
+    """The key of a returned event (``None``: the input's key)."""
+
+    @property
+    def output_topics(self) -> tuple[str, ...]:
+        """Every topic the stage may write events to: its sink, then the others."""
+        return (self.sink, *(topic for topic in self.outputs if topic != self.sink))
 
     @property
     def dead_letter_topic(self) -> str:

@@ -54,6 +54,8 @@ class EngineState:
         self.spec = spec
         naming = naming or Naming()
         self._sink_topic = naming.topic(spec.sink)
+        self._declared = {topic: naming.topic(topic) for topic in spec.output_topics}
+        self._key_of = spec.key
         self._dead_letter_topic = naming.topic(spec.dead_letter_topic)
         self._ladder = Ladder(tuple(settings.retry_delays_s))
         self.source_topic = naming.topic(spec.source)

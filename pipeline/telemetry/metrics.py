@@ -81,6 +81,12 @@ class PipelineMetrics:
             ["stage"],
             registry=registry,
         )
+        self.dropped = Counter(
+            "pipeline_events_dropped",
+            "Records whose handler returned nothing: consumed, no output (a filter).",
+            ["stage"],
+            registry=registry,
+        )
         self.committed = Counter(
             "pipeline_offset_commits",
             "Offset commits of the stage's consumer group.",
@@ -169,6 +175,10 @@ class PrometheusObserver:
     def deduplicated(self) -> None:
         """Count a redelivered duplicate."""
         self._metrics.deduplicated.labels(self._stage).inc()
+
+    def dropped(self) -> None:
+        """Count a record consumed without output."""
+        self._metrics.dropped.labels(self._stage).inc()
 
     def lag(self, partition: TopicPartition, records: int) -> None:
         """Set the lag of one input partition."""

@@ -115,7 +115,7 @@ async def test_a_revoke_that_times_out_counts_each_record_once() -> None:
 
 
 @pytest.mark.parametrize("suspends", [False, True], ids=["at-once", "after-await"])
-async def test_a_handler_returning_none_dead_letters_its_record_with_a_reason(
+async def test_a_handler_returning_none_consumes_its_record_with_no_output(
     suspends: bool,
 ) -> None:
     async def handler(event: Event, services: Any) -> Event | None:
@@ -125,12 +125,26 @@ async def test_a_handler_returning_none_dead_letters_its_record_with_a_reason(
 
     engine, sink = engine_for(handler)
     await engine.submit([record(0, "a"), record(1, "a")])
-    await _until(lambda: len(sink.appended) == 2)
-    (dead_topic, _, _, _), (next_topic, _, _, _) = sink.appended
-    assert (dead_topic, next_topic) == ("s.dlq", "out")
+    await _until(lambda: len(sink.appended) == 1)
+    assert sink.topics() == ["out"]
     sink.acknowledge_all()
     assert engine.in_flight == 0
     assert engine.describe()["partitions"]["in[0]"]["safe_offset"] == 2
+
+
+@pytest.mark.parametrize("suspends", [False, True], ids=["at-once", "after-await"])
+async def test_a_result_that_is_not_an_output_dead_letters_its_record(suspends: bool) -> None:
+    async def handler(event: Event, services: Any) -> Any:
+        if suspends:
+            await asyncio.sleep(0)
+        return {"not": "an event"} if event.n == 0 else event
+
+    engine, sink = engine_for(handler)
+    await engine.submit([record(0, "a"), record(1, "a")])
+    await _until(lambda: len(sink.appended) == 2)
+    assert sink.topics() == ["s.dlq", "out"]
+    sink.acknowledge_all()
+    assert engine.in_flight == 0
 
 
 async def _until(condition: Callable[[], bool]) -> None:
