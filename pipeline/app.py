@@ -66,8 +66,10 @@ def create_app(
     http: bool = True,
     catalog: Mapping[str, StageSpec[Any, Any]] = ALL_STAGES,
     tracer_provider: TracerProvider | None = None,
+    dependency_overrides: Mapping[Any, Any] | None = None,
 ) -> PipelineApp:
-    """A FastStream app running ``stage_names`` of ``catalog`` (all of them when ``None``)."""
+    """A FastStream app running ``stage_names`` of ``catalog`` (all of them when ``None``);
+    ``catalog`` is a :class:`~pipeline.Pipeline`'s ``stages`` for a user's pipeline."""
     names = list(stage_names or catalog)
     unknown = [name for name in names if name not in catalog]
     if unknown:
@@ -100,12 +102,13 @@ def create_app(
         StageRuntime(
             catalog[name],
             settings.kafka,
-            settings.stage,
+            catalog[name].settings_for(settings.stage),
             context.get("services"),
             observer=observers.get(name),
             sink=sink_factory(broker) if sink_factory else None,
             naming=naming,
             tracing=RecordTracing(provider, name, naming.group(name)) if provider else None,
+            dependency_overrides=dependency_overrides,
         )
         for name in names
     ]

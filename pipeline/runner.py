@@ -6,19 +6,28 @@ import asyncio
 import json
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import uvicorn
 
 from pipeline.app import PipelineApp, create_app
+from pipeline.runtime.stage import StageSpec
 from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def build(settings: Settings, stage_names: Sequence[str] | None) -> PipelineApp:
-    """The process's app with its HTTP endpoints."""
-    return create_app(settings, stage_names, http=settings.http.enabled)
+def build(
+    settings: Settings,
+    stage_names: Sequence[str] | None,
+    catalog: Mapping[str, StageSpec[Any, Any]] | None = None,
+) -> PipelineApp:
+    """The process's app with its HTTP endpoints (``catalog``: a user's pipeline's
+    stages; ``None``: the checkout flow)."""
+    if catalog is None:
+        return create_app(settings, stage_names, http=settings.http.enabled)
+    return create_app(settings, stage_names, http=settings.http.enabled, catalog=catalog)
 
 
 def _log_state(pipeline: PipelineApp) -> None:
@@ -29,12 +38,16 @@ def _log_state(pipeline: PipelineApp) -> None:
         log.warning("task %s %s", task.get_name(), " <- ".join(reversed(frames)))
 
 
-async def serve(settings: Settings, stage_names: Sequence[str] | None) -> int:
+async def serve(
+    settings: Settings,
+    stage_names: Sequence[str] | None,
+    catalog: Mapping[str, StageSpec[Any, Any]] | None = None,
+) -> int:
     """Run the stages until SIGTERM/SIGINT (graceful drain) or a stage failure (exit 1).
 
     SIGUSR1 logs each stage engine's state (in flight, held keys, paused partitions).
     """
-    pipeline = build(settings, stage_names)
+    pipeline = build(settings, stage_names, catalog)
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _log_state, pipeline)
     if settings.http.enabled:
         config = uvicorn.Config(

@@ -22,7 +22,8 @@ from pipeline.cli.schedule import schedule
 from pipeline.cli.topics import topics_app
 from pipeline.errors import PipelineError
 from pipeline.kafka.produce import produce_records
-from pipeline.kafka.topology import ORDERS_EVENTS, STAGE_NAMES, Naming
+from pipeline.kafka.topology import ORDERS_EVENTS, Naming
+from pipeline.loading import is_pipeline_path, load_pipeline
 from pipeline.settings import Guarantee, load_settings
 from pipeline.telemetry.tracing import TraceContextFilter
 from pipeline.verify import VerifyReport
@@ -55,18 +56,30 @@ def _configure_logging(verbose: bool) -> None:
 
 @app.command()
 def run(
-    stages: Annotated[list[str] | None, typer.Argument(help="Stages to run.")] = None,
+    stages: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Stages to run, after an optional module:attribute naming your Pipeline "
+            "(default: the bundled checkout flow)."
+        ),
+    ] = None,
     all_stages: Annotated[bool, typer.Option("--all", help="Run every stage.")] = False,
     verbose: bool = False,
 ) -> None:
     """Run stages in this process until SIGTERM (graceful drain) or a failure."""
     from pipeline.runner import serve
 
-    if not stages and not all_stages:
-        raise typer.BadParameter(f"name stages ({', '.join(STAGE_NAMES)}) or pass --all")
+    names = list(stages or ())
+    app_path = names.pop(0) if names and is_pipeline_path(names[0]) else None
+    try:
+        loaded = load_pipeline(app_path)
+    except PipelineError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    if not names and not all_stages:
+        raise typer.BadParameter(f"name stages ({', '.join(loaded.stages)}) or pass --all")
     _configure_logging(verbose)
     settings = load_settings()
-    raise typer.Exit(loop.run(serve(settings, None if all_stages else stages)))
+    raise typer.Exit(loop.run(serve(settings, None if all_stages else names, loaded.stages)))
 
 
 @app.command()

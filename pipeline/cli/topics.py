@@ -15,6 +15,7 @@ from pipeline.errors import PipelineError
 from pipeline.kafka.admin import apply_topics
 from pipeline.kafka.strimzi import DEFAULT_CLUSTER, render_kafka_topics
 from pipeline.kafka.topology import pipeline_topics
+from pipeline.loading import load_pipeline
 from pipeline.settings import load_settings
 
 topics_app = typer.Typer(
@@ -31,11 +32,20 @@ class RenderFormat(StrEnum):
 
 
 @topics_app.command()
-def apply() -> None:
+def apply(
+    app_path: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[MODULE:ATTRIBUTE]", help="Your Pipeline (default: the checkout flow)."
+        ),
+    ] = None,
+) -> None:
     """Create missing topics; report (and exit 1 on) topics that differ from the code."""
     settings = load_settings()
     try:
-        report = asyncio.run(apply_topics(settings.kafka, pipeline_topics(settings.topics)))
+        loaded = load_pipeline(app_path)
+        wanted = pipeline_topics(settings.topics, loaded.flow, list(loaded.stages))
+        report = asyncio.run(apply_topics(settings.kafka, wanted))
     except PipelineError as exc:
         # One line that says why (no broker, refused credentials), not a traceback.
         err_console.print(f"[red]topics not applied:[/red] {escape(str(exc))}", highlight=False)

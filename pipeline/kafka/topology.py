@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pipeline.settings import TopologySettings
@@ -108,8 +109,15 @@ class TopicSpec:
     config: dict[str, str] = field(default_factory=dict)
 
 
-def pipeline_topics(settings: TopologySettings) -> list[TopicSpec]:
-    """Every topic the pipeline reads or writes."""
+def pipeline_topics(
+    settings: TopologySettings,
+    flow: Sequence[str] | None = None,
+    stages: Sequence[str] | None = None,
+) -> list[TopicSpec]:
+    """Every topic a pipeline reads or writes: its ``flow`` topics (the ones its stages
+    read and write) and each of its ``stages``' retry, holds, dead-letter and
+    dead-letter-actions topics. ``None``: the checkout flow's."""
+    stage_names = STAGE_NAMES if stages is None else tuple(stages)
 
     naming = Naming.of(settings)
 
@@ -121,10 +129,11 @@ def pipeline_topics(settings: TopologySettings) -> list[TopicSpec]:
             config={"retention.ms": str(retention_ms), "cleanup.policy": "delete"},
         )
 
-    flow = [ORDERS_EVENTS, ORDERS_VALIDATED, ORDERS_RESERVED, ORDERS_PAID, ORDERS_FULFILLED]
+    if flow is None:
+        flow = [ORDERS_EVENTS, ORDERS_VALIDATED, ORDERS_RESERVED, ORDERS_PAID, ORDERS_FULFILLED]
     ladder = [
         topic(retry_topic(stage, level), settings.retention_ms)
-        for stage in STAGE_NAMES
+        for stage in stage_names
         for level in range(1, settings.retry_levels + 1)
     ]
     holds = [
@@ -134,7 +143,7 @@ def pipeline_topics(settings: TopologySettings) -> list[TopicSpec]:
             replication_factor=settings.replication_factor,
             config={"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
         )
-        for stage in STAGE_NAMES
+        for stage in stage_names
     ] + [
         TopicSpec(
             name=naming.topic(dead_letter_actions_topic(stage)),
@@ -142,7 +151,7 @@ def pipeline_topics(settings: TopologySettings) -> list[TopicSpec]:
             replication_factor=settings.replication_factor,
             config={"cleanup.policy": "compact"},
         )
-        for stage in STAGE_NAMES
+        for stage in stage_names
     ]
     jobs = TopicSpec(
         name=naming.topic(JOBS_TOPIC),
@@ -154,6 +163,6 @@ def pipeline_topics(settings: TopologySettings) -> list[TopicSpec]:
         [topic(name, settings.retention_ms) for name in flow]
         + ladder
         + holds
-        + [topic(name, settings.dlq_retention_ms) for name in dead_letter_topics()]
+        + [topic(dead_letter_topic(stage), settings.dlq_retention_ms) for stage in stage_names]
         + [jobs]
     )

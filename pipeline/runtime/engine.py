@@ -166,7 +166,7 @@ class StageEngine(Outcomes, Checkpointing):
         if recent is not None and self._identify(event) in recent and not _replayed(record):
             return self._skip(record, partition)  # redelivered: its output exists already
         try:
-            result = step(self._handler(event, self.services))
+            result = step(self._call(event))
         except Exception as exc:
             return self._on_error(record, partition, event, exc, started)
         if isinstance(result, Pending):
@@ -302,7 +302,7 @@ class StageEngine(Outcomes, Checkpointing):
         async for attempt in retrying:
             with attempt:
                 self._observer.retried()
-                return await self._handler(event, self.services)
+                return await self._call(event)
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     def _on_retried(

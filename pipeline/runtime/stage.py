@@ -7,7 +7,7 @@ retries, dead letters, commits and telemetry are the runtime's business.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -16,6 +16,7 @@ from pydantic import BaseModel, TypeAdapter
 from pipeline.failures.classify import ErrorPolicy, default_error_policy
 from pipeline.kafka.topology import dead_letter_topic
 from pipeline.services import Services
+from pipeline.settings import StageSettings
 
 In = TypeVar("In")
 Out = TypeVar("Out", bound=BaseModel)
@@ -41,6 +42,31 @@ class StageSpec(Generic[In, Out]):
     to, beside ``sink``."""
     key: Callable[[Any], str | bytes] | None = None
     """The key of a returned event (``None``: the input's key)."""
+    output_type: Any = None
+    """The model of the events the stage writes to its sink, for AsyncAPI."""
+    bind: Callable[[Mapping[Any, Any]], Callable[[In], Coroutine[Any, Any, Any]]] | None = None
+    """For a stage declared with :meth:`pipeline.Pipeline.stage`: given an app's
+    dependency overrides, the one-argument handler call (``None``: the handler takes
+    ``(event, services)``)."""
+    tuning: tuple[tuple[str, Any], ...] = ()
+    """This stage's defaults over the ``PIPELINE_STAGE_*`` settings."""
+
+    def settings_for(self, settings: StageSettings) -> StageSettings:
+        """``settings`` with this stage's own defaults applied."""
+        return settings.model_copy(update=dict(self.tuning)) if self.tuning else settings
+
+    def call(
+        self, services: Services, overrides: Mapping[Any, Any] | None = None
+    ) -> Callable[[In], Coroutine[Any, Any, Any]]:
+        """The handler as the engine calls it: one event in, its result out."""
+        if self.bind is not None:
+            return self.bind(overrides or {})
+        handler = self.handler
+
+        def call_with_services(event: In) -> Coroutine[Any, Any, Any]:
+            return handler(event, services)
+
+        return call_with_services
 
     @property
     def output_topics(self) -> tuple[str, ...]:

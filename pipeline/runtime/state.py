@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka.structs import ConsumerRecord, TopicPartition
@@ -47,9 +47,11 @@ class EngineState:
         *,
         kafka: KafkaSettings | None = None,
         tracing: RecordTracing | None = None,
+        dependency_overrides: Mapping[Any, Any] | None = None,
     ) -> None:
         """``kafka``: where the holds journal and dedupe tails are read on assignment
-        (``None``: nothing to read, as in contract tests); ``tracing``: per-record spans.
+        (``None``: nothing to read, as in contract tests); ``tracing``: per-record spans;
+        ``dependency_overrides``: replacements for the handler's ``Depends`` providers.
         The consumer arrives with :meth:`start`, the producer with :meth:`attach_sink`."""
         self.spec = spec
         naming = naming or Naming()
@@ -82,7 +84,7 @@ class EngineState:
         sink.bind(self._delivered)
         self._observer = observer
         self._decode = spec.decoder()
-        self._handler = spec.handler
+        self._call = spec.call(services, dependency_overrides)
         self._max_in_flight = settings.max_in_flight
         self._capacity = asyncio.Event()
         self._progress = asyncio.Event()

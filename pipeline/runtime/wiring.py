@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -33,7 +33,6 @@ from pipeline.runtime.transactions import PartitionTransactions
 from pipeline.services import Services
 from pipeline.settings import KafkaSettings, StageSettings
 from pipeline.telemetry.tracing import RecordTracing
-from schemas import OrderProgress
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +108,7 @@ class StageRuntime:
         sink: RecordSink | None = None,
         naming: Naming | None = None,
         tracing: RecordTracing | None = None,
+        dependency_overrides: Mapping[Any, Any] | None = None,
     ) -> None:
         self.spec = spec
         self.naming = naming or Naming()
@@ -129,6 +129,7 @@ class StageRuntime:
             self.naming,
             kafka=kafka,
             tracing=tracing,
+            dependency_overrides=dependency_overrides,
         )
         self._consumer: AIOKafkaConsumer | None = None
         self.router = self._build_router()
@@ -145,10 +146,16 @@ class StageRuntime:
         router = KafkaRouter()
         router.publisher(
             sink,
-            schema=OrderProgress,
+            schema=spec.output_type,
             title=f"{sink}:publish",
-            description=f"Output of the {spec.name} stage, keyed by order id.",
+            description=f"Output of the {spec.name} stage.",
         )
+        for extra in spec.output_topics[1:]:
+            router.publisher(
+                naming.topic(extra),
+                title=f"{naming.topic(extra)}:publish",
+                description=f"Further output of the {spec.name} stage.",
+            )
         router.publisher(
             dead_letter,
             title=f"{dead_letter}:publish",
@@ -200,7 +207,7 @@ class StageRuntime:
         self._producer = self._new_producer()
         await self._producer.start()
         topics = [
-            self.naming.topic(self.spec.sink),
+            *(self.naming.topic(topic) for topic in self.spec.output_topics),
             self.naming.topic(self.spec.dead_letter_topic),
             self.engine.holds_topic,
             *self.engine.retry_topics,

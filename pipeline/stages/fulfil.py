@@ -25,5 +25,6 @@ STAGE: StageSpec[OrderProgress, OrderProgress] = StageSpec(
     input_type=OrderProgress,
     identify=lambda order: order.event.event_id,
     handler=fulfil,
+    output_type=OrderProgress,
     description="Invoices and ships paid orders.",
 )

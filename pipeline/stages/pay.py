@@ -31,5 +31,6 @@ STAGE: StageSpec[OrderProgress, OrderProgress] = StageSpec(
     input_type=OrderProgress,
     identify=lambda order: order.event.event_id,
     handler=pay,
+    output_type=OrderProgress,
     description="Charges customers through the payment gateway.",
 )

@@ -31,5 +31,6 @@ STAGE: StageSpec[OrderProgress, OrderProgress] = StageSpec(
     input_type=OrderProgress,
     identify=lambda order: order.event.event_id,
     handler=reserve,
+    output_type=OrderProgress,
     description="Holds stock through the inventory service.",
 )

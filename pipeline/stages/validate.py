@@ -38,6 +38,7 @@ STAGE: StageSpec[OrderEvent, OrderProgress] = StageSpec(
     sink=ORDERS_VALIDATED,
     input_type=OrderEvent,
     handler=validate,
+    output_type=OrderProgress,
     description="Checks order events against the store's rules.",
     identify=lambda event: event.event_id,
 )
