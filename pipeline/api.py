@@ -126,6 +126,13 @@ class Pipeline:
 
         return declare
 
+    def handler(
+        self, stage: str, overrides: Overrides | None = None
+    ) -> Callable[[Any], Coroutine[Any, Any, Any]]:
+        """Stage ``stage``'s handler as the runtime calls it — one event in, its result
+        out — with its dependencies replaced by ``overrides`` (for tests)."""
+        return self._stages[stage].call(None, overrides)  # type: ignore[arg-type]
+
     def topics(self) -> list[str]:
         """Every topic the stages read or write, in declaration order (no duplicates)."""
         seen: dict[str, None] = {}
@@ -160,7 +167,7 @@ def _signature_of(handler: Callable[..., Any]) -> tuple[Any, Any, list[inspect.P
     parameters = list(inspect.signature(handler).parameters.values())
     if not parameters:
         raise ConfigurationError(f"stage handler {handler.__qualname__} takes no event")
-    hints = typing.get_type_hints(handler)
+    hints = typing.get_type_hints(handler, include_extras=True)
     event = parameters[0]
     if event.name not in hints:
         raise ConfigurationError(

@@ -27,7 +27,7 @@ from pipeline.runtime.stage import StageSpec
 from pipeline.runtime.wiring import StageRuntime
 from pipeline.services import Services, simulated_services
 from pipeline.settings import Settings
-from pipeline.stages import ALL_STAGES
+from pipeline.stages import ALL_STAGES, checkout_services
 from pipeline.telemetry.http import http_routes
 from pipeline.telemetry.metrics import PipelineMetrics, PrometheusObserver
 from pipeline.telemetry.tracing import RecordTracing, tracer_provider_from_env
@@ -84,7 +84,9 @@ def create_app(
     if provider is not None:
         middlewares.append(KafkaTelemetryMiddleware(tracer_provider=provider))
     context = ContextRepo()
-    context.set_global("services", services or simulated_services(settings.services))
+    services = services or simulated_services(settings.services)
+    context.set_global("services", services)
+    overrides = {checkout_services: lambda: services, **(dependency_overrides or {})}
     broker = KafkaBroker(
         settings.kafka.bootstrap_hosts,
         security=broker_security(settings.kafka),
@@ -108,7 +110,7 @@ def create_app(
             sink=sink_factory(broker) if sink_factory else None,
             naming=naming,
             tracing=RecordTracing(provider, name, naming.group(name)) if provider else None,
-            dependency_overrides=dependency_overrides,
+            dependency_overrides=overrides,
         )
         for name in names
     ]

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from pipeline.api import Depends
 from pipeline.kafka.topology import ORDERS_PAID, ORDERS_RESERVED
-from pipeline.runtime.stage import StageSpec
 from pipeline.services import Services
+from pipeline.stages.flow import checkout, checkout_services
 from schemas import OrderCancelled, OrderProgress, OrderStatus
 
 
-async def pay(order: OrderProgress, services: Services) -> OrderProgress:
+@checkout.stage(
+    source=ORDERS_RESERVED,
+    sink=ORDERS_PAID,
+    identify=lambda order: order.event.event_id,
+    description="Charges customers through the payment gateway.",
+)
+async def pay(
+    order: OrderProgress, services: Services = Depends(checkout_services)
+) -> OrderProgress:
     """Charge through the payment gateway; the event id makes the charge idempotent."""
     event = order.event
     if isinstance(event, OrderCancelled):
@@ -22,15 +31,3 @@ async def pay(order: OrderProgress, services: Services) -> OrderProgress:
     if result.payment_id is None:
         return order.advance(OrderStatus.DECLINED, reason=result.declined_reason)
     return order.advance(OrderStatus.PAID, payment_id=result.payment_id)
-
-
-STAGE: StageSpec[OrderProgress, OrderProgress] = StageSpec(
-    name="pay",
-    source=ORDERS_RESERVED,
-    sink=ORDERS_PAID,
-    input_type=OrderProgress,
-    identify=lambda order: order.event.event_id,
-    handler=pay,
-    output_type=OrderProgress,
-    description="Charges customers through the payment gateway.",
-)

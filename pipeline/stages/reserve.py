@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from pipeline.api import Depends
 from pipeline.kafka.topology import ORDERS_RESERVED, ORDERS_VALIDATED
-from pipeline.runtime.stage import StageSpec
 from pipeline.services import Services
+from pipeline.stages.flow import checkout, checkout_services
 from schemas import OrderCancelled, OrderProgress, OrderStatus
 
 
-async def reserve(order: OrderProgress, services: Services) -> OrderProgress:
+@checkout.stage(
+    source=ORDERS_VALIDATED,
+    sink=ORDERS_RESERVED,
+    identify=lambda order: order.event.event_id,
+    description="Holds stock through the inventory service.",
+)
+async def reserve(
+    order: OrderProgress, services: Services = Depends(checkout_services)
+) -> OrderProgress:
     """Reserve or release stock through the inventory service."""
     event = order.event
     if isinstance(event, OrderCancelled):
@@ -22,15 +31,3 @@ async def reserve(order: OrderProgress, services: Services) -> OrderProgress:
             OrderStatus.OUT_OF_STOCK, reason=f"out of stock: {reservation.out_of_stock_sku}"
         )
     return order.advance(OrderStatus.RESERVED, reservation_id=reservation.reservation_id)
-
-
-STAGE: StageSpec[OrderProgress, OrderProgress] = StageSpec(
-    name="reserve",
-    source=ORDERS_VALIDATED,
-    sink=ORDERS_RESERVED,
-    input_type=OrderProgress,
-    identify=lambda order: order.event.event_id,
-    handler=reserve,
-    output_type=OrderProgress,
-    description="Holds stock through the inventory service.",
-)

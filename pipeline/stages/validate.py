@@ -6,16 +6,25 @@ are business rules, whose failures are outcomes (``rejected``) that flow on.
 
 from __future__ import annotations
 
+from pipeline.api import Depends
 from pipeline.kafka.topology import ORDERS_EVENTS, ORDERS_VALIDATED
-from pipeline.runtime.stage import StageSpec
 from pipeline.services import Services
+from pipeline.stages.flow import checkout, checkout_services
 from schemas import OrderCancelled, OrderEvent, OrderProgress, OrderStatus, order_total_cents
 
 MAX_ORDER_TOTAL_CENTS = 5_000_000
 ACCEPTED_CURRENCIES = frozenset({"EUR", "USD", "GBP"})
 
 
-async def validate(event: OrderEvent, services: Services) -> OrderProgress:
+@checkout.stage(
+    source=ORDERS_EVENTS,
+    sink=ORDERS_VALIDATED,
+    identify=lambda event: event.event_id,
+    description="Checks order events against the store's rules.",
+)
+async def validate(
+    event: OrderEvent, services: Services = Depends(checkout_services)
+) -> OrderProgress:
     """Accept the event or reject it with a reason."""
     if isinstance(event, OrderCancelled):
         return OrderProgress(event=event, status=OrderStatus.VALIDATED)
@@ -30,15 +39,3 @@ async def validate(event: OrderEvent, services: Services) -> OrderProgress:
             event=event, status=OrderStatus.REJECTED, total_cents=total, reason=reason
         )
     return OrderProgress(event=event, status=OrderStatus.VALIDATED, total_cents=total)
-
-
-STAGE: StageSpec[OrderEvent, OrderProgress] = StageSpec(
-    name="validate",
-    source=ORDERS_EVENTS,
-    sink=ORDERS_VALIDATED,
-    input_type=OrderEvent,
-    handler=validate,
-    output_type=OrderProgress,
-    description="Checks order events against the store's rules.",
-    identify=lambda event: event.event_id,
-)

@@ -105,13 +105,13 @@ async def test_dependencies_are_resolved_once_and_can_be_overridden() -> None:
         store.saved.append(reading)
         return Output("b", reading)
 
-    call = pipeline.stages["save"].call(services=None)  # type: ignore[arg-type]
+    call = pipeline.handler("save")
     await asyncio.gather(*(call(Reading(site="s", value=n)) for n in range(5)))
     assert len(made) == 1
     assert [r.value for r in made[0].saved] == [0, 1, 2, 3, 4]
 
     fake = Store()
-    overridden = pipeline.stages["save"].call(None, {make_store: lambda: fake})  # type: ignore[arg-type]
+    overridden = pipeline.handler("save", {make_store: lambda: fake})
     await overridden(Reading(site="s", value=9))
     assert [r.value for r in fake.saved] == [9]
     assert len(made) == 1

@@ -1,0 +1,155 @@
+"""The guide's pipeline, built from docs/guide.md's code only, in a package outside
+``pipeline/``, run with ``pipeline run sensors:pipeline --all`` on the real broker.
+
+Every reading is accounted for once: stored, dropped by the filter, or dead-lettered
+with provenance; hot readings raised one alert each, under the site's key; each
+device's readings and alerts keep their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+from aiokafka import AIOKafkaProducer
+
+from pipeline.kafka.connection import client_options
+from pipeline.settings import Settings
+from pipeline.verify import read_topic
+from tests.integration.helpers import PIPELINE_BIN, stage_env
+
+GUIDE = Path(__file__).parents[2] / "docs" / "guide.md"
+DEVICES = [f"dev-{n}" for n in range(12)] + ["broken-1", "broken-2"]
+READINGS_PER_DEVICE = 40
+
+
+def guide_module(directory: Path) -> Path:
+    """Write the guide's ``sensors.py`` block to ``directory``."""
+    [code] = re.findall(r"```python sensors\.py\n(.*?)```", GUIDE.read_text(), re.DOTALL)
+    path = directory / "sensors.py"
+    path.write_text(code)
+    return path
+
+
+def celsius(device: str, seq: int) -> float:
+    """Every 7th reading impossible (dropped), every 5th hot (alerted)."""
+    if seq % 7 == 3:
+        return 999.0
+    return 95.0 if seq % 5 == 0 else 20.0 + (hash(device) % 10)
+
+
+async def produce_readings(settings: Settings, topic: str) -> list[dict[str, object]]:
+    readings = [
+        {"device_id": d, "site": f"site-{i % 3}", "celsius": celsius(d, s), "seq": s}
+        for s in range(READINGS_PER_DEVICE)
+        for i, d in enumerate(DEVICES)
+    ]
+    producer = AIOKafkaProducer(**client_options(settings.kafka), enable_idempotence=True)
+    await producer.start()
+    try:
+        for reading in readings:
+            await producer.send(
+                topic, json.dumps(reading).encode(), key=str(reading["device_id"]).encode()
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return readings
+
+
+async def until_counts(settings: Settings, wanted: dict[str, int], timeout_s: float = 120) -> None:
+    """Wait until each topic holds at least ``wanted`` records."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            counts = {t: len(await read_topic(settings.kafka, t)) for t in wanted}
+            if all(counts[t] >= n for t, n in wanted.items()):
+                return
+            await asyncio.sleep(0.5)
+
+
+async def test_the_guides_pipeline_runs_from_its_own_package(
+    settings: Settings, tmp_path: Path
+) -> None:
+    guide_module(tmp_path)
+    env = {**stage_env(settings), "PYTHONPATH": ""}
+    applied = await asyncio.create_subprocess_exec(
+        str(PIPELINE_BIN),
+        "topics",
+        "apply",
+        "sensors:pipeline",
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    applied_output, _ = await asyncio.wait_for(applied.communicate(), 120)
+    assert applied.returncode == 0, applied_output.decode()
+    prefix = settings.topics.prefix
+    process = await asyncio.create_subprocess_exec(
+        str(PIPELINE_BIN),
+        "run",
+        "sensors:pipeline",
+        "--all",
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        readings = await produce_readings(settings, f"{prefix}readings.raw")
+        valid = [r for r in readings if -50 <= float(r["celsius"]) <= 150]  # type: ignore[arg-type]
+        broken = [r for r in valid if str(r["device_id"]).startswith("broken")]
+        hot = [r for r in valid if float(r["celsius"]) > 90]  # type: ignore[arg-type]
+        await until_counts(
+            settings,
+            {
+                f"{prefix}readings.stored": len(valid) - len(broken),
+                f"{prefix}store.dlq": len(broken),
+                f"{prefix}alerts": len(hot),
+            },
+        )
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, output.decode()[-3000:]
+    # the workload has something for every path
+    assert len(readings) > len(valid) > len(hot) > 0
+    assert broken
+
+    stored = await read_topic(settings.kafka, f"{prefix}readings.stored")
+    dead = await read_topic(settings.kafka, f"{prefix}store.dlq")
+    alerts = await read_topic(settings.kafka, f"{prefix}alerts")
+    checked = await read_topic(settings.kafka, f"{prefix}readings.checked")
+    for stage in ("clean", "check"):  # dropped readings are not dead letters
+        assert await read_topic(settings.kafka, f"{prefix}{stage}.dlq") == []
+
+    def ids(records: list) -> list[tuple[str, int]]:  # type: ignore[type-arg]
+        return [(json.loads(r.value)["device_id"], json.loads(r.value)["seq"]) for r in records]
+
+    # every valid reading is stored or dead-lettered exactly once; dropped ones nowhere
+    assert sorted(ids(stored) + ids(dead)) == sorted(
+        (str(r["device_id"]), int(r["seq"]))
+        for r in valid  # type: ignore[call-overload]
+    )
+    assert len(ids(checked)) == len(set(ids(checked))) == len(valid)
+    # the dead letters say where they came from and why
+    for record in dead:
+        headers = dict(record.headers)
+        assert headers["pipeline.origin.topic"] == f"{prefix}readings.checked".encode()
+        assert headers["pipeline.stage"] == b"store"
+        assert b"known to be broken" in headers["pipeline.error.message"]
+    # alerts: one per hot reading, keyed by site
+    assert len(alerts) == len(hot)
+    assert all(r.key.decode() == json.loads(r.value)["site"] for r in alerts)
+    # per-key order: each device's stored readings and alerts in seq order
+    for records in (stored, alerts):
+        per_device: dict[str, list[int]] = defaultdict(list)
+        for record in records:
+            event = json.loads(record.value)
+            per_device[event["device_id"]].append(event["seq"])
+        assert all(seqs == sorted(seqs) for seqs in per_device.values()), per_device
