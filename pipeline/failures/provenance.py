@@ -26,6 +26,10 @@ FIRST_FAILURE_AT = "pipeline.failure.first_at"
 LAST_FAILURE_AT = "pipeline.failure.last_at"
 REPLAYED_AT = "pipeline.replay.at"
 REPLAY_OF = "pipeline.replay.of"
+EVENT_ID = "pipeline.event.id"
+"""On a stage's outputs and dead letters: the stage's ``identify`` of the input, so a
+stage restarted after a crash recognises, from its output tails, the inputs whose
+outputs already exist, whatever the outputs look like."""
 
 MAX_MESSAGE_CHARS = 500
 MAX_STACK_CHARS = 2_000

@@ -15,7 +15,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from pipeline.failures.provenance import ORIGIN_OFFSET, ORIGIN_PARTITION, ORIGIN_TOPIC
+from pipeline.failures.provenance import EVENT_ID, ORIGIN_OFFSET, ORIGIN_PARTITION, ORIGIN_TOPIC
 from pipeline.kafka.connection import client_options, stop_consumer
 from pipeline.settings import KafkaSettings
 
@@ -44,13 +44,18 @@ class RecentIds:
 
 
 def record_identity(record: ConsumerRecord) -> str:
-    """What a record stands for: its event id, or, when it has none (undecodable bytes),
-    the position it was first read from (the origin headers of a retried or
-    dead-lettered record, else its own)."""
+    """What a record stands for: the input identity its stage stamped on it (the
+    ``pipeline.event.id`` header), else the event id in its value (records written
+    before the header), or, when it has none (undecodable bytes), the position it was
+    first read from (the origin headers of a retried or dead-lettered record, else its
+    own)."""
+    origin = dict(record.headers or ())
+    stamped = origin.get(EVENT_ID)
+    if stamped is not None:
+        return str(stamped.decode())
     event_id = event_id_of(record.value)
     if event_id is not None:
         return event_id
-    origin = dict(record.headers or ())
     if ORIGIN_OFFSET in origin:
         return "/".join(
             origin.get(name, b"").decode()

@@ -190,12 +190,14 @@ class StageEngine(Outcomes, Checkpointing):
         record dead-lettered with the reason: it must neither vanish nor stall the
         partition's commit.
         """
+        recent = self._recent
+        event_id = self._identify(event) if recent is not None else None
         if self._key_of is None and isinstance(result, BaseModel):
             value = encode(result)  # the common case, kept short: one event, same key
             self._observer.handled(time.perf_counter() - started, event)
-            if self._recent is not None:
-                self._recent.add(self._identify(event))
-            return self._succeeded(record, partition, value)
+            if event_id is not None:
+                recent.add(event_id)  # type: ignore[union-attr]
+            return self._succeeded(record, partition, value, event_id)
         try:
             records = as_records(
                 result,
@@ -207,13 +209,13 @@ class StageEngine(Outcomes, Checkpointing):
         except Exception as exc:
             problem = exc if isinstance(exc, NoOutput) else NoOutput(repr(exc))
             problem.args = (f"stage {self.spec.name}: {problem}",)
-            return self._dead_letter(record, partition, problem, 1, None)
+            return self._dead_letter(record, partition, problem, 1, None, event_id)
         self._observer.handled(time.perf_counter() - started, event)
-        if self._recent is not None:
-            self._recent.add(self._identify(event))
+        if event_id is not None:
+            recent.add(event_id)  # type: ignore[union-attr]
         if not records:
             self._observer.dropped()
-        return self._succeeded_with(record, partition, records)
+        return self._succeeded_with(record, partition, records, event_id)
 
     def _skip(self, record: ConsumerRecord, partition: PartitionState) -> bool:
         """Finish a record without output (a duplicate of one already handled)."""
@@ -288,7 +290,8 @@ class StageEngine(Outcomes, Checkpointing):
             return False
         if isinstance(action, Climb):
             return self._climb(record, partition, exc, action)
-        return self._dead_letter(record, partition, exc, action.attempts, None)
+        event_id = self._identify(event) if self._recent is not None else None
+        return self._dead_letter(record, partition, exc, action.attempts, None, event_id)
 
     async def _retry_in_process(self, event: Any, attempts: int) -> Any:
         """Up to ``attempts`` further attempts with jittered exponential backoff, well

@@ -18,7 +18,14 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from pipeline.failures.holds import Hold, encode_hold
 from pipeline.failures.ladder import rung_headers, rung_of
-from pipeline.failures.provenance import HEADER_PREFIX, Failure, Headers, failure_headers, now
+from pipeline.failures.provenance import (
+    EVENT_ID,
+    HEADER_PREFIX,
+    Failure,
+    Headers,
+    failure_headers,
+    now,
+)
 from pipeline.runtime.core.decisions import Climb
 from pipeline.runtime.core.ledger import Lane, PartitionState
 from pipeline.runtime.core.receipts import Receipt
@@ -92,7 +99,10 @@ class Outcomes(EngineState):
         exc: BaseException,
         attempt: int,
         first_failure_at: datetime | None,
+        event_id: str | None = None,
     ) -> bool:
+        """Send ``record`` to the dead-letter topic with its provenance; ``event_id``:
+        the input's identity, when it decoded and the stage identifies its events."""
         failed_at = now()
         first = first_failure_at or _first_failure(record) or failed_at
         failure = Failure(exc, attempt, first, failed_at)
@@ -100,7 +110,11 @@ class Outcomes(EngineState):
         self._end_span(record, "dead_lettered", exc)
         self._observer.dead_lettered(exc)
         if self._recent is not None:
-            self._recent.add(record_identity(record))
+            if event_id is None:
+                self._recent.add(record_identity(record))
+            else:
+                headers.append((EVENT_ID, event_id.encode()))
+                self._recent.add(event_id)
         lane = (record.partition, record.key)
         holds = self._ledger.holds
         value = record.value or b""
@@ -153,9 +167,18 @@ class Outcomes(EngineState):
 
     # -- outputs ---------------------------------------------------------------------
 
-    def _succeeded(self, record: ConsumerRecord, partition: PartitionState, value: bytes) -> bool:
-        """Queue a handler's output; a record back from the ladder releases its key."""
+    def _succeeded(
+        self,
+        record: ConsumerRecord,
+        partition: PartitionState,
+        value: bytes,
+        event_id: str | None,
+    ) -> bool:
+        """Queue a handler's output, stamped with the input's ``event_id`` when the stage
+        identifies its events; a record back from the ladder releases its key."""
         headers = _forwarded(record)
+        if event_id is not None:
+            headers.append((EVENT_ID, event_id.encode()))
         if self.tracing is not None:
             headers = self._traced(record, headers)
             self._end_span(record, "processed")
@@ -170,11 +193,16 @@ class Outcomes(EngineState):
         return self._emit(record, partition, self._sink_topic, value, headers)
 
     def _succeeded_with(
-        self, record: ConsumerRecord, partition: PartitionState, records: list[Record]
+        self,
+        record: ConsumerRecord,
+        partition: PartitionState,
+        records: list[Record],
+        event_id: str | None,
     ) -> bool:
-        """Queue a handler's output records (none: dropped); a record back from the
-        ladder releases its key."""
+        """Queue a handler's output records (none: dropped), as :meth:`_succeeded`."""
         headers = _forwarded(record)
+        if event_id is not None:
+            headers.append((EVENT_ID, event_id.encode()))
         if self.tracing is not None:
             headers = self._traced(record, headers)
             self._end_span(record, "processed" if records else "dropped")

@@ -38,6 +38,7 @@ class AckingSink:
 
     def __init__(self) -> None:
         self.appended: list[tuple[str, bytes | None, bytes, Any]] = []
+        self.headers: list[list[tuple[str, bytes]]] = []
         self._delivered: Callable[[list[Any], asyncio.Future[Any]], None] | None = None
 
     def bind(self, on_delivered: Callable[[list[Any], asyncio.Future[Any]], None]) -> None:
@@ -47,6 +48,7 @@ class AckingSink:
         self, topic: str, key: bytes | None, value: bytes, headers: Any, receipt: Any
     ) -> None:
         self.appended.append((topic, key, value, receipt))
+        self.headers.append(list(headers))
 
     def acknowledge_all(self) -> None:
         assert self._delivered is not None
@@ -54,6 +56,7 @@ class AckingSink:
         delivery.set_result(None)
         receipts = [receipt for *_, receipt in self.appended]
         self.appended.clear()
+        self.headers.clear()
         self._delivered(receipts, delivery)
 
     def topics(self) -> list[str]:

@@ -13,6 +13,7 @@ from pipeline.errors import NoOutput, ServiceUnavailable
 from pipeline.failures.holds import Hold
 from pipeline.failures.ladder import RETRY_DUE_AT_MS, RETRY_LEVEL
 from pipeline.kafka.topology import Naming
+from pipeline.runtime.dedupe import record_identity
 from pipeline.runtime.engine import StageEngine
 from pipeline.runtime.observer import NullObserver
 from pipeline.runtime.outputs import Output, as_records
@@ -117,3 +118,36 @@ def test_as_records_refuses_what_is_not_an_output() -> None:
     for result in ({"a": 1}, [Output("out", b"x"), "y"], 42):
         with pytest.raises(NoOutput, match="handler returned"):
             as_records(result, input_key=b"k", sink="out", declared={"out": "out"}, key_of=None)
+
+
+async def test_outputs_and_dead_letters_carry_the_inputs_identity_for_crash_dedupe() -> None:
+    """A stage whose outputs do not embed the input's id (here: an alert) stamps it on
+    them, so the identities read from its output tails after a crash match."""
+
+    async def handler(event: Event, services: Any) -> Alert:
+        if event.n == 1:
+            raise ValueError("bad reading")
+        return Alert(site="s", n=event.n)
+
+    stage: StageSpec[Event, Any] = StageSpec(
+        name="s",
+        source="in",
+        sink="out",
+        input_type=Event,
+        handler=handler,
+        identify=lambda event: f"reading-{event.n}",
+    )
+    sink = AckingSink()
+    settings = StageSettings(in_process_attempts=1, dedupe_window=100)
+    engine = StageEngine(stage, None, settings, sink, NullObserver(), Naming())  # type: ignore[arg-type]
+    engine.start(None)
+    await engine.submit([record(0, "a"), record(1, "b")])
+    written = [
+        consumer_record(topic, i, key, value, headers=headers)
+        for i, (topic, key, value, _) in enumerate(sink.appended)
+        for headers in [sink.headers[i]]
+    ]
+    assert [(r.topic, record_identity(r)) for r in written] == [
+        ("out", "reading-0"),
+        ("s.dlq", "reading-1"),
+    ]
