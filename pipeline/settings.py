@@ -76,6 +76,9 @@ class LocalKafkaSettings(BaseSettings):
     controller_port: int = 9093
     heap: str = "1g"
     start_timeout_s: float = 90.0
+    brokers: int = Field(default=1, ge=1, description="3: a local three-node KRaft cluster.")
+    cluster_heap: str = Field(default="384m", description="Heap of each node of a cluster.")
+    port_step: int = Field(default=10, description="Port distance between cluster nodes.")
 
 
 class TopologySettings(BaseSettings):
@@ -87,6 +90,12 @@ class TopologySettings(BaseSettings):
     partitions: int = Field(default=12, ge=1)
     retry_levels: int = Field(default=3, ge=0, description="Retry topics per stage.")
     replication_factor: int = Field(default=1, ge=1)
+    min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="Replicas that must have a write before it is acknowledged (acks=all); "
+        "production: 2 with a replication factor of 3. None: the broker's default.",
+    )
     retention_ms: int = 7 * 24 * 3600 * 1000
     dlq_retention_ms: int = 30 * 24 * 3600 * 1000
 

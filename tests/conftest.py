@@ -13,12 +13,16 @@ import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from pipeline.kafka.admin import admin_client, apply_topics, broker_reachable, delete_topics
 from pipeline.kafka.topology import Naming, pipeline_topics
 from pipeline.settings import KafkaSettings, Settings
+
+if TYPE_CHECKING:
+    from pipeline.kafka.local_cluster import LocalCluster
 
 NO_BROKER = (
     "no Kafka broker for the integration tests: {why}\n"
@@ -68,6 +72,32 @@ def kafka_bootstrap() -> Iterator[str]:
     yield bootstrap
     if not was_running:
         local.down()
+
+
+CLUSTER_PORT = 19092
+"""The test cluster's first node; the others follow 10 ports apart, away from 9092."""
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster() -> Iterator[LocalCluster]:
+    """A local three-node KRaft cluster (replication 3, min.insync.replicas 2) for the
+    whole session, from the same jars; it fails the session with instructions when it
+    cannot start."""
+    from pipeline.kafka.local import LocalKafkaError
+    from pipeline.kafka.local_cluster import LocalCluster
+
+    local = Settings().local_kafka.model_copy(
+        update={"port": CLUSTER_PORT, "controller_port": CLUSTER_PORT + 1}
+    )
+    cluster = LocalCluster(local, 3)
+    was_running = all(status.running for status in cluster.status())
+    try:
+        cluster.up()
+    except LocalKafkaError as exc:
+        pytest.fail(NO_BROKER.format(why=f"the local cluster did not start: {exc}"), False)
+    yield cluster
+    if not was_running:
+        cluster.down()
 
 
 @pytest.fixture

@@ -197,11 +197,30 @@ def chaos(
         Guarantee | None,
         typer.Option(help="Processing guarantee of every stage (default: from settings)."),
     ] = None,
+    brokers: Annotated[
+        int,
+        typer.Option(
+            help="1: kill stages on the local broker. 3: kill brokers of a local "
+            "three-node cluster instead (the failover cases), each case in turn."
+        ),
+    ] = 1,
+    case: Annotated[
+        list[str] | None,
+        typer.Option(help="With --brokers 3: leader, controller, bounce (default: all)."),
+    ] = None,
 ) -> None:
     """Kill stages, restart the broker, rebalance, SIGTERM; then verify. Exit 0 only
-    when nothing was lost or reordered (and, exactly-once, nothing duplicated)."""
+    when nothing was lost or reordered (and, exactly-once, nothing duplicated).
+
+    With ``--brokers 3``: a local three-node cluster loses a broker while the pipeline
+    runs (the partition leader, the active controller, or one that comes back); each
+    case reports its longest pause in output."""
     from pipeline.broker import ensure_broker
     from pipeline.chaos import run_chaos
+
+    if brokers > 1:
+        _failover_cases(brokers, case, orders, guarantee, json_output)
+        return
 
     _configure_logging(False)
     for noisy in ("faststream", "faststream.access.kafka", "aiokafka"):
@@ -230,3 +249,42 @@ def chaos(
         print_report(result.report)
         console.print(result.as_dict()["actions"])
     raise typer.Exit(0 if result.clean else 1)
+
+
+def _failover_cases(
+    brokers: int,
+    cases: list[str] | None,
+    orders: int,
+    guarantee: Guarantee | None,
+    json_output: bool,
+) -> None:
+    from pipeline.failover import CASES, run_failover
+    from pipeline.kafka.local_cluster import LocalCluster
+
+    unknown = [c for c in cases or () if c not in CASES]
+    if unknown:
+        raise typer.BadParameter(f"unknown case(s) {unknown}; known: {list(CASES)}")
+    _configure_logging(False)
+    for noisy in ("faststream", "faststream.access.kafka", "aiokafka"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    settings = load_settings()
+    cluster = LocalCluster(settings.local_kafka, brokers)
+    cluster.up()
+    clean = True
+    for name in cases or CASES:
+        result = loop.run(
+            run_failover(
+                settings,
+                cluster,
+                name,  # type: ignore[arg-type]
+                orders=orders,
+                guarantee=guarantee or settings.stage.processing_guarantee,
+            )
+        )
+        clean = clean and result.clean
+        if json_output:
+            typer.echo(json.dumps(result.as_dict()))
+        else:
+            print_report(result.report)
+            console.print({k: v for k, v in result.as_dict().items() if k != "report"})
+    raise typer.Exit(0 if clean else 1)

@@ -25,6 +25,11 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+PRODUCTION_REPLICAS = 3
+PRODUCTION_MIN_INSYNC_REPLICAS = 2
+"""A broker may die (or be rolled) while every write still reaches two replicas."""
+
+
 class RenderFormat(StrEnum):
     """What ``pipeline topics render`` can write."""
 
@@ -73,11 +78,21 @@ def render(
     namespace: Annotated[
         str | None, typer.Option(help="metadata.namespace (the Topic Operator's namespace).")
     ] = None,
+    replicas: Annotated[
+        int, typer.Option(min=1, help="Replication factor (production: 3).")
+    ] = PRODUCTION_REPLICAS,
+    min_insync_replicas: Annotated[
+        int, typer.Option(min=1, help="min.insync.replicas (production: 2).")
+    ] = PRODUCTION_MIN_INSYNC_REPLICAS,
 ) -> None:
     """Write the topics as Kubernetes resources (Strimzi ``KafkaTopic``), from the code and
-    PIPELINE_TOPICS_*; no broker needed."""
+    PIPELINE_TOPICS_*, with production durability (3 replicas, 2 in sync) unless told
+    otherwise; no broker needed."""
     settings = load_settings()
-    topics = pipeline_topics(settings.topics)
+    production = settings.topics.model_copy(
+        update={"replication_factor": replicas, "min_insync_replicas": min_insync_replicas}
+    )
+    topics = pipeline_topics(production)
     try:
         rendered = render_kafka_topics(topics, cluster, namespace=namespace)
     except PipelineError as exc:

@@ -19,6 +19,7 @@ from aiokafka.errors import (
     for_code,
 )
 from aiokafka.structs import TopicPartition
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from pipeline.errors import BrokerUnavailable, CredentialsRejected
 from pipeline.kafka.connection import client_options
@@ -108,6 +109,22 @@ async def broker_reachable(settings: KafkaSettings, timeout_s: float = 5.0) -> b
     return True
 
 
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaError) and bool(exc.retriable)
+
+
+metadata_retries = retry(
+    retry=retry_if_exception(_transient),
+    stop=stop_after_delay(30),
+    wait=wait_exponential(multiplier=0.2, max=2),
+    reraise=True,
+)
+"""For the admin client's metadata reads. aiokafka sends them to a random broker of its
+cached metadata, which lists a broker that just died until the controller fences it
+(NodeNotReadyError); another attempt picks another broker."""
+
+
+@metadata_retries
 async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[TopicPartition]:
     """Every partition of the given topics that exist."""
     async with admin_client(settings) as client:
@@ -196,6 +213,7 @@ async def apply_topics(settings: KafkaSettings, wanted: list[TopicSpec]) -> Topi
     return report
 
 
+@metadata_retries
 async def delete_topics(
     settings: KafkaSettings, names: list[str], *, timeout_s: float = 60.0
 ) -> None:
@@ -214,6 +232,7 @@ async def delete_topics(
                 await asyncio.sleep(0.2)
 
 
+@metadata_retries
 async def group_members(settings: KafkaSettings, group: str) -> int:
     """How many members the consumer group has right now."""
     async with admin_client(settings) as client:

@@ -26,7 +26,6 @@ tested without Java.
 from __future__ import annotations
 
 import asyncio
-import base64
 import fcntl
 import logging
 import os
@@ -35,18 +34,26 @@ import signal
 import socket
 import subprocess
 import time
-import uuid
 from collections.abc import Coroutine, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from xml.sax.saxutils import escape
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
+from pipeline.kafka.local_config import (
+    HOST,
+    LOG4J_SLF4J_VERSION,
+    LocalKafkaError,
+    new_cluster_id,
+    render_log4j2_properties,
+    render_pom,
+    render_scram_credential,
+    render_server_properties,
+)
 from pipeline.settings import LocalKafkaSettings
 
 __all__ = [
@@ -54,6 +61,7 @@ __all__ = [
     "LocalKafka",
     "LocalKafkaError",
     "LocalKafkaStatus",
+    "QuorumMember",
     "new_cluster_id",
     "render_log4j2_properties",
     "render_pom",
@@ -63,23 +71,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Kafka logs through SLF4J 1.x; without a binding the broker prints nothing at all.
-LOG4J_SLF4J_VERSION = "2.24.3"
-HOST = "127.0.0.1"
 STOP_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.25
 LOG_TAIL_LINES = 30
 COMPLETE_MARKER = ".complete"
-SCRAM_MECHANISM = "SCRAM-SHA-512"
-# StorageTool reads `MECHANISM=[name=...,password=...]` by splitting on these characters.
-SCRAM_FORBIDDEN_CHARACTERS = frozenset(',=[]"')
 JAVA_HINT = "a Java 17+ runtime (e.g. `apt-get install openjdk-17-jre-headless`)"
 MAVEN_HINT = "Apache Maven (e.g. `apt-get install maven`)"
 T = TypeVar("T")
-
-
-class LocalKafkaError(Exception):
-    """The local broker could not be fetched, started or stopped; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -91,149 +89,6 @@ class LocalKafkaStatus:
     bootstrap: str
     log_path: Path
     home: Path
-
-
-def render_pom(kafka_version: str, log4j_slf4j_version: str = LOG4J_SLF4J_VERSION) -> str:
-    """Return a pom.xml whose runtime dependencies are exactly the broker's classpath."""
-    artifacts = [
-        ("org.apache.kafka", "kafka_2.13", kafka_version),
-        ("org.apache.kafka", "kafka-tools", kafka_version),
-        ("org.apache.logging.log4j", "log4j-slf4j-impl", log4j_slf4j_version),
-    ]
-    dependencies = "\n".join(
-        f"    <dependency><groupId>{escape(group)}</groupId>"
-        f"<artifactId>{escape(artifact)}</artifactId>"
-        f"<version>{escape(version)}</version></dependency>"
-        for group, artifact, version in artifacts
-    )
-    # packaging=pom: Maven only resolves dependencies, there is nothing to compile.
-    return f"""<?xml version="1.0" encoding="UTF-8"?>
-<project xmlns="http://maven.apache.org/POM/4.0.0"
-         xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
-         xsi:schemaLocation="http://maven.apache.org/POM/4.0.0 https://maven.apache.org/xsd/maven-4.0.0.xsd">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>local.pipeline</groupId>
-  <artifactId>local-kafka-runtime</artifactId>
-  <version>{escape(kafka_version)}</version>
-  <packaging>pom</packaging>
-  <dependencies>
-{dependencies}
-  </dependencies>
-</project>
-"""
-
-
-def _property_value(value: object) -> str:
-    # In .properties files a backslash starts an escape sequence.
-    return str(value).replace("\\", "\\\\")
-
-
-def render_server_properties(
-    *, port: int, controller_port: int, data_dir: Path, sasl_port: int | None = None
-) -> str:
-    """Return server.properties for one node that is both broker and KRaft controller;
-    with ``sasl_port``, also a SASL_PLAINTEXT listener that accepts SCRAM-SHA-512 only."""
-    client_listeners = {"PLAINTEXT": port}
-    if sasl_port is not None:
-        client_listeners["SASL_PLAINTEXT"] = sasl_port
-    advertised = ",".join(f"{name}://{HOST}:{p}" for name, p in client_listeners.items())
-    protocols = ",".join(f"{name}:{name}" for name in client_listeners)
-    entries: dict[str, object] = {
-        "process.roles": "broker,controller",
-        "node.id": 1,
-        "controller.quorum.bootstrap.servers": f"{HOST}:{controller_port}",
-        "listeners": f"{advertised},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": advertised,
-        "controller.listener.names": "CONTROLLER",
-        # Brokers and the controller keep talking PLAINTEXT: only clients authenticate.
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": f"{protocols},CONTROLLER:PLAINTEXT",
-    }
-    if sasl_port is not None:
-        entries |= {
-            "sasl.enabled.mechanisms": SCRAM_MECHANISM,
-            # The broker side of SCRAM needs no credentials of its own: it checks clients
-            # against the users stored in the metadata log.
-            f"listener.name.sasl_plaintext.{SCRAM_MECHANISM.lower()}.sasl.jaas.config": (
-                "org.apache.kafka.common.security.scram.ScramLoginModule required;"
-            ),
-        }
-    entries |= {
-        "log.dirs": data_dir,
-        # The defaults ask for 3 replicas of the internal topics; on one node the group
-        # and transaction coordinators would then never start.
-        "offsets.topic.replication.factor": 1,
-        "transaction.state.log.replication.factor": 1,
-        "transaction.state.log.min.isr": 1,
-        "share.coordinator.state.topic.replication.factor": 1,
-        "share.coordinator.state.topic.min.isr": 1,
-        "offsets.topic.num.partitions": 12,
-        "transaction.state.log.num.partitions": 12,
-        "num.partitions": 12,
-        # Topics come from the pipeline's topology, never from a typo in a producer.
-        "auto.create.topics.enable": "false",
-        # Otherwise every first group join waits 3 s for more members, which tests feel.
-        "group.initial.rebalance.delay.ms": 0,
-        # After a SIGKILL the controller refuses the restarted broker with
-        # DUPLICATE_BROKER_REGISTRATION until the dead one's session expires (9 s by default).
-        "broker.heartbeat.interval.ms": 1000,
-        "broker.session.timeout.ms": 4000,
-    }
-    return "".join(f"{key}={_property_value(value)}\n" for key, value in entries.items())
-
-
-def render_scram_credential(username: str, password: str) -> str:
-    """Return one ``--add-scram`` argument of ``StorageTool format`` for a SCRAM-SHA-512 user."""
-    for what, value in (("user name", username), ("password", password)):
-        # Refused here, never echoed: StorageTool would misparse the value, and its error
-        # message would print it.
-        if not value or SCRAM_FORBIDDEN_CHARACTERS.intersection(value):
-            raise LocalKafkaError(
-                f"a SCRAM {what} must be non-empty and contain none of "
-                f"{''.join(sorted(SCRAM_FORBIDDEN_CHARACTERS))}"
-            )
-    return f"{SCRAM_MECHANISM}=[name={username},password={password}]"
-
-
-def render_log4j2_properties(log_file: Path) -> str:
-    """Return a log4j2 configuration writing to ``log_file``, Kafka's own loggers at WARN.
-
-    ``state.change.logger`` logs a line per partition per start at INFO, so it is quieted too;
-    ``KafkaRaftServer`` stays at INFO for its one "Kafka Server started" line.
-    """
-    log_file_value = _property_value(log_file)
-    return f"""status = warn
-appender.file.type = RollingFile
-appender.file.name = file
-appender.file.fileName = {log_file_value}
-appender.file.filePattern = {log_file_value}.%i
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-appender.file.policies.type = Policies
-appender.file.policies.size.type = SizeBasedTriggeringPolicy
-appender.file.policies.size.size = 20MB
-appender.file.strategy.type = DefaultRolloverStrategy
-appender.file.strategy.max = 3
-rootLogger.level = INFO
-rootLogger.appenderRef.file.ref = file
-logger.kafka.name = kafka
-logger.kafka.level = WARN
-logger.apache_kafka.name = org.apache.kafka
-logger.apache_kafka.level = WARN
-logger.state_change.name = state.change.logger
-logger.state_change.level = WARN
-logger.server_started.name = kafka.server.KafkaRaftServer
-logger.server_started.level = INFO
-"""
-
-
-def new_cluster_id() -> str:
-    """Return a random KRaft cluster id (a URL-safe base64 UUID, as ``random-uuid`` prints)."""
-    while True:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-        # Kafka refuses ids starting with '-' (they read as command-line flags).
-        if not cluster_id.startswith("-"):
-            return cluster_id
 
 
 def _tail(path: Path, lines: int) -> str:
@@ -307,6 +162,17 @@ def _require_tool(name: str, install_hint: str) -> str:
     return path
 
 
+@dataclass(frozen=True, slots=True)
+class QuorumMember:
+    """What makes a node one of a local cluster's static KRaft quorum."""
+
+    node_id: int
+    voters: str
+    """``"1@127.0.0.1:9093,2@127.0.0.1:9103,..."``: every voter, this node included."""
+    cluster_id: str
+    replication: int
+
+
 class LocalKafka:
     """Fetches, starts and stops one local Kafka broker described by :class:`LocalKafkaSettings`.
 
@@ -314,10 +180,19 @@ class LocalKafka:
     (default: the PLAINTEXT port + 2, i.e. 9094 beside 9092 and the controller's 9093).
     """
 
-    def __init__(self, settings: LocalKafkaSettings, *, sasl_port: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: LocalKafkaSettings,
+        *,
+        sasl_port: int | None = None,
+        quorum: QuorumMember | None = None,
+        libs_home: Path | None = None,
+    ) -> None:
         self._settings = settings
         self._home = settings.home.expanduser().resolve()
+        self._libs_home = (libs_home or settings.home).expanduser().resolve()
         self._sasl_port = settings.port + 2 if sasl_port is None else sasl_port
+        self._quorum = quorum
         self._process: subprocess.Popen[bytes] | None = None
         # Remembered so that restart() brings the same listeners back.
         self._scram_users: dict[str, str] | None = None
@@ -350,7 +225,7 @@ class LocalKafka:
     @property
     def libs_dir(self) -> Path:
         """The folder whose jars form the broker's classpath."""
-        return self._home / f"libs-{self._settings.version}"
+        return self._libs_home / f"libs-{self._settings.version}"
 
     @property
     def _pid_file(self) -> Path:
@@ -395,7 +270,7 @@ class LocalKafka:
             return libs
         mvn = _require_tool("mvn", MAVEN_HINT)
         shutil.rmtree(libs, ignore_errors=True)  # drop a half-finished earlier fetch
-        pom = self._home / f"maven-{self._settings.version}" / "pom.xml"
+        pom = self._libs_home / f"maven-{self._settings.version}" / "pom.xml"
         pom.parent.mkdir(parents=True, exist_ok=True)
         pom.write_text(render_pom(self._settings.version))
         logger.info("fetching Kafka %s jars with Maven into %s", self._settings.version, libs)
@@ -446,13 +321,8 @@ class LocalKafka:
                 if scram_users is not None:
                     self._scram_users = dict(scram_users)
                 return self.bootstrap
-            self._refuse_taken_ports(sasl=scram_users is not None)
-            libs = self._ensure_jars()
             started_at = time.monotonic()
-            self._write_config(sasl=scram_users is not None)
-            self._format_storage(libs, credentials, sorted(scram_users or ()))
-            self._scram_users = dict(scram_users) if scram_users is not None else None
-            pid = self._start(libs)
+            pid = self._launch(credentials, scram_users)
             try:
                 self._wait_until_serving(pid)
             except LocalKafkaError:
@@ -465,6 +335,29 @@ class LocalKafka:
                 time.monotonic() - started_at,
             )
             return self.bootstrap
+
+    def _launch(self, credentials: list[str], scram_users: Mapping[str, str] | None) -> int:
+        self._refuse_taken_ports(sasl=scram_users is not None)
+        libs = self._ensure_jars()
+        self._write_config(sasl=scram_users is not None)
+        self._format_storage(libs, credentials, sorted(scram_users or ()))
+        self._scram_users = dict(scram_users) if scram_users is not None else None
+        return self._start(libs)
+
+    def launch(self) -> int:
+        """Start this node without waiting for it to serve (a quorum member serves only
+        once a majority of its voters runs); its pid. Already running: that pid."""
+        with self._exclusive():
+            pid = self._running_pid()
+            return pid if pid is not None else self._launch([], None)
+
+    def wait_serving(self) -> None:
+        """Return once this node answers metadata requests (:class:`LocalKafkaError` if
+        it exits or times out meanwhile)."""
+        pid = self._running_pid()
+        if pid is None:
+            raise LocalKafkaError(f"Kafka at {self.bootstrap} is not running")
+        self._wait_until_serving(pid)
 
     def _scram_credentials(self, scram_users: Mapping[str, str] | None) -> list[str]:
         """The ``--add-scram`` arguments, checked before anything starts."""
@@ -528,9 +421,24 @@ class LocalKafka:
             controller_port=self._settings.controller_port,
             data_dir=self._data_dir,
             sasl_port=self._sasl_port if sasl else None,
+            node_id=self._quorum.node_id if self._quorum else 1,
+            voters=self._quorum.voters if self._quorum else None,
+            replication=self._quorum.replication if self._quorum else 1,
         )
         (self._config_dir / "server.properties").write_text(server_properties)
         (self._config_dir / "log4j2.properties").write_text(render_log4j2_properties(self.log_path))
+
+    def run_tool(self, main_class: str, *args: str, timeout_s: float = 60.0) -> str:
+        """Run one of Kafka's own tools from the same jars (e.g.
+        ``org.apache.kafka.tools.MetadataQuorumCommand``); its standard output."""
+        command = self._java_command(self.libs_dir, main_class, *args)
+        command[1] = "-Xmx256m"  # a tool, not a broker
+        result = subprocess.run(
+            command, capture_output=True, text=True, check=False, timeout=timeout_s
+        )
+        if result.returncode != 0:
+            raise LocalKafkaError(f"{main_class} failed:\n{result.stdout}{result.stderr}")
+        return result.stdout
 
     def _java_command(self, libs: Path, main_class: str, *args: str) -> list[str]:
         return [
@@ -549,14 +457,16 @@ class LocalKafka:
                 self._refuse_other_scram_users(names)
             return
         server_properties = str(self._config_dir / "server.properties")
-        # --standalone makes this node the single voter of the controller quorum.
+        # --standalone makes this node the single voter of the controller quorum; a
+        # quorum member shares the cluster's id and finds its voters in its config.
+        quorum = self._quorum
         command = self._java_command(
             libs,
             "kafka.tools.StorageTool",
             "format",
-            "--standalone",
+            *(() if quorum else ("--standalone",)),
             "-t",
-            new_cluster_id(),
+            quorum.cluster_id if quorum else new_cluster_id(),
             "-c",
             server_properties,
         )

@@ -121,12 +121,18 @@ def pipeline_topics(
 
     naming = Naming.of(settings)
 
+    durability = (
+        {}
+        if settings.min_insync_replicas is None
+        else {"min.insync.replicas": str(settings.min_insync_replicas)}
+    )
+
     def topic(name: str, retention_ms: int) -> TopicSpec:
         return TopicSpec(
             name=naming.topic(name),
             partitions=settings.partitions,
             replication_factor=settings.replication_factor,
-            config={"retention.ms": str(retention_ms), "cleanup.policy": "delete"},
+            config={"retention.ms": str(retention_ms), "cleanup.policy": "delete", **durability},
         )
 
     if flow is None:
@@ -141,7 +147,7 @@ def pipeline_topics(
             name=naming.topic(holds_topic(stage)),
             partitions=settings.partitions,
             replication_factor=settings.replication_factor,
-            config={"cleanup.policy": "compact", "min.compaction.lag.ms": "0"},
+            config={"cleanup.policy": "compact", "min.compaction.lag.ms": "0", **durability},
         )
         for stage in stage_names
     ] + [
@@ -149,7 +155,7 @@ def pipeline_topics(
             name=naming.topic(dead_letter_actions_topic(stage)),
             partitions=1,
             replication_factor=settings.replication_factor,
-            config={"cleanup.policy": "compact"},
+            config={"cleanup.policy": "compact", **durability},
         )
         for stage in stage_names
     ]
@@ -157,7 +163,11 @@ def pipeline_topics(
         name=naming.topic(JOBS_TOPIC),
         partitions=1,  # ticks are few and ordered
         replication_factor=settings.replication_factor,
-        config={"retention.ms": str(JOBS_RETENTION_MS), "cleanup.policy": "delete"},
+        config={
+            "retention.ms": str(JOBS_RETENTION_MS),
+            "cleanup.policy": "delete",
+            **durability,
+        },
     )
     return (
         [topic(name, settings.retention_ms) for name in flow]

@@ -40,9 +40,15 @@ def parse(rendered: str) -> list[dict[str, Any]]:
 def test_checked_in_kafka_topics_are_what_the_code_renders(
     default_topology: TopologySettings,
 ) -> None:
-    rendered = render_kafka_topics(pipeline_topics(default_topology))
+    production = default_topology.model_copy(
+        update={"replication_factor": 3, "min_insync_replicas": 2}
+    )
+    rendered = render_kafka_topics(pipeline_topics(production))
 
     assert CHECKED_IN.read_text() == rendered, f"out of date: run `{REGENERATE}`"
+    documents = parse(rendered)
+    assert {d["spec"]["replicas"] for d in documents} == {3}
+    assert {d["spec"]["config"]["min.insync.replicas"] for d in documents} == {"2"}
 
 
 def test_cli_render_writes_the_checked_in_file(
