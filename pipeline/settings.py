@@ -119,6 +119,12 @@ class StageSettings(BaseSettings):
     shutdown_drain_timeout_s: float = Field(default=20.0, ge=0)
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 10_000
+    group_instance_id: str | None = Field(
+        default=None,
+        description="Static group membership (group.instance.id): a process restarted "
+        "under the same id within the session timeout takes its partitions back without "
+        "a rebalance. Kubernetes: the pod's stable name (a StatefulSet's).",
+    )
     rebalance_timeout_ms: int = 30_000
     producer_linger_ms: int = 5
     producer_max_batch_bytes: int = 512 * 1024

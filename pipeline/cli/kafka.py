@@ -21,7 +21,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 Brokers = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--brokers",
         min=1,
@@ -43,7 +43,7 @@ def _print_error(headline: str, error: LocalKafkaError) -> None:
 
 
 @kafka_app.command()
-def up(brokers: Brokers = 0) -> None:
+def up(brokers: Brokers = None) -> None:
     """Fetch the jars if needed, start the node(s), and wait until they serve."""
     settings = load_settings()
     local = _local(brokers)
@@ -62,7 +62,7 @@ def up(brokers: Brokers = 0) -> None:
 
 
 @kafka_app.command()
-def down(brokers: Brokers = 0) -> None:
+def down(brokers: Brokers = None) -> None:
     """Stop the node(s); the data stays for the next ``up``."""
     local = _local(brokers)
     try:
@@ -74,7 +74,7 @@ def down(brokers: Brokers = 0) -> None:
 
 
 @kafka_app.command()
-def status(brokers: Brokers = 0) -> None:
+def status(brokers: Brokers = None) -> None:
     """Show whether the node(s) run; exit 1 unless all do."""
     local = _local(brokers)
     nodes: list[LocalKafkaStatus] = (

@@ -181,6 +181,9 @@ class StageRuntime:
             # A killed member is noticed after the session timeout; the whole group waits
             # for it in the meantime, so this is the failover time after a kill -9.
             session_timeout_ms=settings.session_timeout_ms,
+            # One id per process and stage: each stage is its own group, so a process
+            # running several stages is one static member of each.
+            group_instance_id=settings.group_instance_id,
             rebalance_timeout_ms=settings.rebalance_timeout_ms,
             heartbeat_interval_ms=min(3_000, settings.session_timeout_ms // 3),
             title=f"{source}:{spec.name}",

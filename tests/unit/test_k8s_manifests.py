@@ -65,12 +65,12 @@ def of_kind(manifests: tuple[Manifest, ...], kind: str) -> dict[str, Manifest]:
 
 
 def stage_deployments(manifests: tuple[Manifest, ...]) -> dict[str, Manifest]:
-    """Stage name -> its Deployment (the one whose container runs ``pipeline run STAGE``)."""
+    """Stage name -> its StatefulSet (the one whose container runs ``pipeline run STAGE``)."""
     found: dict[str, Manifest] = {}
-    for deployment in of_kind(manifests, "Deployment").values():
+    for deployment in of_kind(manifests, "StatefulSet").values():
         args = pipeline_container(deployment).get("args", [])
         assert args[:1] == ["run"], f"{deployment['metadata']['name']} runs {args}"
-        assert len(args) == 2, f"a stage Deployment runs exactly one stage: {args}"
+        assert len(args) == 2, f"a stage StatefulSet runs exactly one stage: {args}"
         found[args[1]] = deployment
     return found
 
@@ -102,7 +102,7 @@ def container_environment(manifests: tuple[Manifest, ...], deployment: Manifest)
 def stage_settings(
     overlay: str, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, tuple[Manifest, Settings]]:
-    """Stage -> (its Deployment, the settings its container builds)."""
+    """Stage -> (its StatefulSet, the settings its container builds)."""
     manifests = render(overlay)
     return {
         stage: (
@@ -328,3 +328,20 @@ def test_built_in_kinds_match_the_kubernetes_schemas(overlay: str) -> None:
             where = "/".join(str(part) for part in error.path)
             errors.append(f"{doc['kind']}/{doc['metadata']['name']} {where}: {error.message}")
     assert not errors, "\n".join(errors)
+
+
+def test_each_stage_pod_joins_its_group_as_a_static_member_named_after_itself(
+    overlay: str,
+) -> None:
+    """A StatefulSet's pod names are stable, so ``group.instance.id`` from the pod name
+    lets a restarted pod take its partitions back without a rebalance. (A Deployment's
+    pod names change on every restart: each new pod would be a new static member, and
+    the old one's partitions would wait out the session timeout.)"""
+    manifests = render(overlay)
+    for stage, statefulset in stage_deployments(manifests).items():
+        assert statefulset["spec"]["serviceName"] == f"pipeline-{stage}"
+        env = {v["name"]: v for v in pipeline_container(statefulset).get("env", [])}
+        source = env["PIPELINE_STAGE_GROUP_INSTANCE_ID"]["valueFrom"]["fieldRef"]
+        assert source["fieldPath"] == "metadata.name", stage
+    for scaled in of_kind(manifests, "ScaledObject").values():
+        assert scaled["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"

@@ -165,3 +165,18 @@ def test_ensure_jars_reuses_a_complete_cache_without_maven(
     (local_kafka.libs_dir / ".complete").touch()
 
     assert local_kafka.ensure_jars() == local_kafka.libs_dir
+
+
+def test_kafka_commands_default_to_the_configured_number_of_brokers(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    env = {"PIPELINE_LOCAL_KAFKA_HOME": str(tmp_path), "PIPELINE_LOCAL_KAFKA_PORT": "29092"}
+    single = CliRunner().invoke(app, ["kafka", "status"], env=env)
+    cluster = CliRunner().invoke(app, ["kafka", "status", "--brokers", "3"], env=env)
+    # nothing runs there: both report it (exit 1), neither refuses the arguments (exit 2)
+    assert single.exit_code == 1, single.output
+    assert "Kafka: stopped" in single.output
+    assert cluster.exit_code == 1, cluster.output
+    assert "node 3: stopped" in cluster.output
