@@ -22,6 +22,7 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from itertools import pairwise
+from pathlib import Path
 from typing import Any, Literal
 
 from aiokafka import AIOKafkaConsumer
@@ -174,6 +175,7 @@ async def run_failover(
     guarantee: Guarantee,
     down_s: float = 5.0,
     drain_timeout_s: float = 300.0,
+    log_dir: Path | None = None,
 ) -> FailoverResult:
     """Run one failover case on ``cluster`` in a fresh namespace; the node killed is
     running again when this returns."""
@@ -194,7 +196,7 @@ async def run_failover(
     naming = Naming.of(run.topics)
     topics = pipeline_topics(run.topics)
     await apply_topics(run.kafka, topics)
-    stages = _Stages(_env(run, prefix), None)
+    stages = _Stages(_env(run, prefix), log_dir)
     log = ChaosLog()
     started = time.monotonic()
     for stage in STAGE_NAMES:

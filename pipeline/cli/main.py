@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -22,7 +24,7 @@ from pipeline.cli.schedule import schedule
 from pipeline.cli.topics import topics_app
 from pipeline.errors import PipelineError
 from pipeline.kafka.produce import produce_records
-from pipeline.kafka.topology import ORDERS_EVENTS, Naming
+from pipeline.kafka.topology import ORDERS_EVENTS, STAGE_NAMES, Naming
 from pipeline.loading import is_pipeline_path, load_pipeline
 from pipeline.settings import Guarantee, load_settings
 from pipeline.telemetry.tracing import TraceContextFilter
@@ -39,6 +41,7 @@ app.command("serve-api")(serve_api)
 app.command()(asyncapi)
 app.command()(schedule)
 console = Console()
+err_console = Console(stderr=True)
 
 
 def _configure_logging(verbose: bool) -> None:
@@ -208,6 +211,14 @@ def chaos(
         list[str] | None,
         typer.Option(help="With --brokers 3: leader, controller, bounce (default: all)."),
     ] = None,
+    rolling_restart: Annotated[
+        str | None,
+        typer.Option(
+            metavar="STAGE",
+            help="Instead: roll STAGE's three replicas, without and with static "
+            "membership, and report how long its output stood still.",
+        ),
+    ] = None,
 ) -> None:
     """Kill stages, restart the broker, rebalance, SIGTERM; then verify. Exit 0 only
     when nothing was lost or reordered (and, exactly-once, nothing duplicated).
@@ -220,6 +231,9 @@ def chaos(
 
     if brokers > 1:
         _failover_cases(brokers, case, orders, guarantee, json_output)
+        return
+    if rolling_restart is not None:
+        _rolling_restarts(rolling_restart, json_output)
         return
 
     _configure_logging(False)
@@ -251,6 +265,28 @@ def chaos(
     raise typer.Exit(0 if result.clean else 1)
 
 
+def _rolling_restarts(stage: str, json_output: bool) -> None:
+    from pipeline.broker import ensure_broker
+    from pipeline.rolling import run_rolling_restart
+
+    if stage not in STAGE_NAMES:
+        raise typer.BadParameter(f"unknown stage {stage}; known: {list(STAGE_NAMES)}")
+    _configure_logging(False)
+    for noisy in ("faststream", "faststream.access.kafka", "aiokafka"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    settings = load_settings()
+    loop.run(ensure_broker(settings))
+    clean = True
+    for static in (False, True):
+        result = loop.run(run_rolling_restart(settings, stage=stage, static=static))
+        clean = clean and result.clean
+        if json_output:
+            typer.echo(json.dumps(result.as_dict()))
+        else:
+            console.print(result.as_dict())
+    raise typer.Exit(0 if clean else 1)
+
+
 def _failover_cases(
     brokers: int,
     cases: list[str] | None,
@@ -271,6 +307,7 @@ def _failover_cases(
     cluster = LocalCluster(settings.local_kafka, brokers)
     cluster.up()
     clean = True
+    logs = Path(".cache") / "chaos-logs" / time.strftime("%Y%m%d-%H%M%S")
     for name in cases or CASES:
         result = loop.run(
             run_failover(
@@ -279,6 +316,7 @@ def _failover_cases(
                 name,  # type: ignore[arg-type]
                 orders=orders,
                 guarantee=guarantee or settings.stage.processing_guarantee,
+                log_dir=logs / name,
             )
         )
         clean = clean and result.clean
@@ -287,4 +325,5 @@ def _failover_cases(
         else:
             print_report(result.report)
             console.print({k: v for k, v in result.as_dict().items() if k != "report"})
+    err_console.print(f"stage logs: {logs}")
     raise typer.Exit(0 if clean else 1)

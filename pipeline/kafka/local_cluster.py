@@ -114,10 +114,23 @@ class LocalCluster:
         """Each node's status, node 1 first."""
         return [node.status() for node in self.nodes]
 
-    def active_controller(self) -> int:
+    def active_controller(self, attempts: int = 5) -> int:
         """The node id of the KRaft quorum's leader (the active controller), as Kafka's
-        own ``kafka-metadata-quorum`` tool reports it."""
+        own ``kafka-metadata-quorum`` tool reports it (asked again while a node that
+        just came back is still joining)."""
+        for attempt in range(attempts):
+            try:
+                return self._quorum_leader()
+            except LocalKafkaError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(1.0)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _quorum_leader(self) -> int:
         running = [n for n, node in enumerate(self.nodes, start=1) if node.status().running]
+        if not running:
+            raise LocalKafkaError("no node of the cluster runs")
         controllers = ",".join(f"{HOST}:{self._controller_ports[n - 1]}" for n in running)
         output = self.nodes[running[0] - 1].run_tool(
             "org.apache.kafka.tools.MetadataQuorumCommand",
