@@ -25,24 +25,18 @@ tested without Java.
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
-from collections.abc import Coroutine, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
-
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
+from typing import TypeVar
 
 from pipeline.kafka.local_config import (
     HOST,
@@ -53,6 +47,14 @@ from pipeline.kafka.local_config import (
     render_pom,
     render_scram_credential,
     render_server_properties,
+)
+from pipeline.kafka.local_process import (
+    is_kafka_process,
+    metadata_answers,
+    port_accepts,
+    require_tool,
+    run_coroutine,
+    tail,
 )
 from pipeline.settings import LocalKafkaSettings
 
@@ -89,77 +91,6 @@ class LocalKafkaStatus:
     bootstrap: str
     log_path: Path
     home: Path
-
-
-def _tail(path: Path, lines: int) -> str:
-    """The last ``lines`` lines of a log, without Java stack frames."""
-    try:
-        text = path.read_text(errors="replace")
-    except FileNotFoundError:
-        return "(missing)"
-    # Frames would push the one line that says why (e.g. "Address already in use") out of view.
-    events = [line for line in text.splitlines() if not _is_stack_frame(line)]
-    return "\n".join(events[-lines:]) or "(empty)"
-
-
-def _is_stack_frame(line: str) -> bool:
-    stripped = line.lstrip()
-    return line != stripped and (stripped.startswith("at ") or stripped.startswith("... "))
-
-
-def _is_kafka_process(pid: int) -> bool:
-    """Whether ``pid`` is a live ``kafka.Kafka`` JVM (not a zombie, not a recycled pid)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    if not Path("/proc").is_dir():
-        return True  # no procfs: trust the signal probe
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    try:
-        # A zombie's cmdline is empty, so it counts as gone.
-        return b"kafka.Kafka" in cmdline.read_bytes()
-    except OSError:
-        return False
-
-
-def _port_accepts(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex((HOST, port)) == 0
-
-
-async def _metadata_answers(bootstrap: str, timeout_s: float) -> bool:
-    # An open port is not yet a serving broker: only a metadata answer with a broker is.
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="local-kafka-probe",
-        request_timeout_ms=int(timeout_s * 1000),
-    )
-    try:
-        async with asyncio.timeout(timeout_s):
-            await admin.start()
-            cluster: dict[str, Any] = await admin.describe_cluster()
-        return bool(cluster.get("brokers"))
-    except (KafkaError, OSError, TimeoutError):
-        return False
-    finally:
-        await admin.close()
-
-
-def _run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
-    # A fresh loop in a worker thread, so callers inside a running loop (async fixtures) work too.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-kafka") as pool:
-        return pool.submit(asyncio.run, coroutine).result()
-
-
-def _require_tool(name: str, install_hint: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        raise LocalKafkaError(f"`{name}` is not on PATH; install {install_hint}.")
-    return path
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,11 +195,11 @@ class LocalKafka:
             return self._ensure_jars()
 
     def _ensure_jars(self) -> Path:
-        _require_tool("java", JAVA_HINT)
+        require_tool("java", JAVA_HINT)
         libs = self.libs_dir
         if (libs / COMPLETE_MARKER).exists():
             return libs
-        mvn = _require_tool("mvn", MAVEN_HINT)
+        mvn = require_tool("mvn", MAVEN_HINT)
         shutil.rmtree(libs, ignore_errors=True)  # drop a half-finished earlier fetch
         pom = self._libs_home / f"maven-{self._settings.version}" / "pom.xml"
         pom.parent.mkdir(parents=True, exist_ok=True)
@@ -293,7 +224,7 @@ class LocalKafka:
         if self._process is not None and self._process.pid == pid:
             # poll() also reaps our own child, which would otherwise linger as a zombie.
             return self._process.poll() is None
-        return _is_kafka_process(pid)
+        return is_kafka_process(pid)
 
     def _running_pid(self) -> int | None:
         pid = self._read_pid()
@@ -405,7 +336,7 @@ class LocalKafka:
         ports = [self._settings.port, self._settings.controller_port]
         if sasl:
             ports.append(self._sasl_port)
-        taken = [str(port) for port in ports if _port_accepts(port)]
+        taken = [str(port) for port in ports if port_accepts(port)]
         if taken:
             raise LocalKafkaError(
                 f"{HOST} port(s) {', '.join(taken)} are taken by a process this LocalKafka "
@@ -442,7 +373,7 @@ class LocalKafka:
 
     def _java_command(self, libs: Path, main_class: str, *args: str) -> list[str]:
         return [
-            _require_tool("java", JAVA_HINT),
+            require_tool("java", JAVA_HINT),
             f"-Xmx{self._settings.heap}",
             f"-Dlog4j2.configurationFile={self._config_dir / 'log4j2.properties'}",
             "-cp",
@@ -508,8 +439,8 @@ class LocalKafka:
                 raise LocalKafkaError(
                     f"Kafka (pid {pid}) exited while starting.\n{self._log_tails()}"
                 )
-            if _port_accepts(self._settings.port) and _run_coroutine(
-                _metadata_answers(self.bootstrap, timeout_s=5.0)
+            if port_accepts(self._settings.port) and run_coroutine(
+                metadata_answers(self.bootstrap, timeout_s=5.0)
             ):
                 return
             time.sleep(POLL_INTERVAL_S)
@@ -520,7 +451,7 @@ class LocalKafka:
 
     def _log_tails(self) -> str:
         return "\n".join(
-            f"--- last {LOG_TAIL_LINES} lines of {path} ---\n{_tail(path, LOG_TAIL_LINES)}"
+            f"--- last {LOG_TAIL_LINES} lines of {path} ---\n{tail(path, LOG_TAIL_LINES)}"
             for path in (self._stdout_path, self.log_path)
         )
 
