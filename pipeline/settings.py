@@ -77,7 +77,7 @@ class LocalKafkaSettings(BaseSettings):
     heap: str = "1g"
     start_timeout_s: float = 90.0
     brokers: int = Field(default=1, ge=1, description="3: a local three-node KRaft cluster.")
-    cluster_heap: str = Field(default="384m", description="Heap of each node of a cluster.")
+    cluster_heap: str = Field(default="512m", description="Heap of each node of a cluster.")
     port_step: int = Field(default=10, description="Port distance between cluster nodes.")
 
 

@@ -91,6 +91,11 @@ def kafka_cluster() -> Iterator[LocalCluster]:
     )
     cluster = LocalCluster(local, 3)
     was_running = all(status.running for status in cluster.status())
+    if not any(status.running for status in cluster.status()):
+        # A fresh cluster: topics left by earlier sessions' killed runs would all load
+        # into the nodes' heaps at start.
+        shutil.rmtree(cluster.home, ignore_errors=True)
+        cluster = LocalCluster(local, 3)
     try:
         cluster.up()
     except LocalKafkaError as exc:
