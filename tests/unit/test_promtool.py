@@ -48,3 +48,35 @@ def test_promtool_accepts_the_prometheus_config_and_its_rule_files() -> None:
     result = check("config", PROMETHEUS_CONFIG)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "rule files found" in result.stdout, "prometheus.yml loads the alert rules"
+
+
+ALERT_TESTS = ROOT / "deploy" / "prometheus" / "alerts.test.yml"
+
+
+def test_every_alert_fires_and_stays_quiet_as_its_unit_tests_say() -> None:
+    """`promtool test rules` with synthetic series: each alert fires with its rendered
+    annotations when it should, and not before its `for:` or below its threshold."""
+    result = subprocess.run(
+        [promtool(), "test", "rules", str(ALERT_TESTS)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_has_a_unit_test() -> None:
+    import yaml
+
+    rules = yaml.safe_load(ALERTS.read_text())
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    tests = yaml.safe_load(ALERT_TESTS.read_text())["tests"]
+    tested = {case["alertname"] for test in tests for case in test["alert_rule_test"]}
+    fired = {
+        case["alertname"]
+        for test in tests
+        for case in test["alert_rule_test"]
+        if case.get("exp_alerts")
+    }
+    assert alerts == tested == fired, (alerts, tested, fired)
