@@ -61,6 +61,10 @@ bench: install
 chaos: install
 	$(BIN)/pipeline chaos --orders 20000 --kills 20 --guarantee exactly_once --json
 	$(BIN)/pipeline chaos --orders 20000 --kills 20 --guarantee at_least_once --json
+	PIPELINE_LOCAL_KAFKA_PORT=19092 PIPELINE_LOCAL_KAFKA_CONTROLLER_PORT=19093 \
+		$(BIN)/pipeline chaos --brokers 3 --orders 5000 --guarantee exactly_once --json
+	PIPELINE_LOCAL_KAFKA_PORT=19092 PIPELINE_LOCAL_KAFKA_CONTROLLER_PORT=19093 \
+		$(BIN)/pipeline chaos --brokers 3 --orders 5000 --guarantee at_least_once --json
 
 kafka-up: install
 	$(BIN)/pipeline kafka up

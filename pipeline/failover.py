@@ -30,7 +30,13 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from pipeline.chaos import ChaosLog, _env, _Stages
-from pipeline.kafka.admin import admin_client, apply_topics, delete_topics, metadata_retries
+from pipeline.kafka.admin import (
+    admin_client,
+    apply_topics,
+    delete_topics,
+    metadata_retries,
+    wait_for_leaders,
+)
 from pipeline.kafka.connection import client_options, stop_consumer
 from pipeline.kafka.lag import wait_until_drained
 from pipeline.kafka.local_cluster import LocalCluster
@@ -132,6 +138,7 @@ class OutputWatch:
 
     async def run(self) -> None:
         """Consume from the topic's end until cancelled."""
+        await wait_for_leaders(self._settings.kafka, [self._topic])
         described = await _described(self._settings, [self._topic])
         tps = [TopicPartition(self._topic, p["partition"]) for p in described[0]["partitions"]]
         consumer = AIOKafkaConsumer(
@@ -196,6 +203,7 @@ async def run_failover(
     naming = Naming.of(run.topics)
     topics = pipeline_topics(run.topics)
     await apply_topics(run.kafka, topics)
+    await wait_for_leaders(run.kafka, [topic.name for topic in topics])
     stages = _Stages(_env(run, prefix), log_dir)
     log = ChaosLog()
     started = time.monotonic()
@@ -212,7 +220,7 @@ async def run_failover(
     watching = asyncio.create_task(watch.run())
     killed_at = time.monotonic()
     try:
-        await asyncio.wait_for(watch.ready.wait(), 60)
+        await asyncio.wait_for(watch.ready.wait(), 120)
         # Kill once the flow is under way: a quarter of the first half fulfilled.
         await producing
         await _until_written(run, naming.topic(ORDERS_FULFILLED), len(before) // 4, 120)

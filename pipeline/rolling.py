@@ -19,7 +19,7 @@ from typing import Any
 
 from pipeline.chaos import PIPELINE_BIN, _env
 from pipeline.failover import OutputWatch
-from pipeline.kafka.admin import apply_topics, delete_topics, group_members
+from pipeline.kafka.admin import apply_topics, delete_topics, group_members, wait_for_leaders
 from pipeline.kafka.lag import wait_until_drained
 from pipeline.kafka.produce import produce_records
 from pipeline.kafka.topology import (
@@ -75,6 +75,7 @@ async def run_rolling_restart(
     naming = Naming.of(run.topics)
     topics = pipeline_topics(run.topics)
     await apply_topics(run.kafka, topics)
+    await wait_for_leaders(run.kafka, [topic.name for topic in topics])
     env = _env(run, prefix)
 
     def start(name: str, instance: str | None) -> subprocess.Popen[bytes]:

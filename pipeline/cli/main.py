@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -83,6 +85,65 @@ def run(
     _configure_logging(verbose)
     settings = load_settings()
     raise typer.Exit(loop.run(serve(settings, None if all_stages else names, loaded.stages)))
+
+
+@app.command()
+def status(
+    app_path: Annotated[
+        str | None,
+        typer.Argument(metavar="[MODULE:ATTR]", help="Your Pipeline (default: the checkout)."),
+    ] = None,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh until Ctrl-C.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 2.0,
+    json_output: Annotated[bool, typer.Option("--json", help="One sample as JSON.")] = False,
+) -> None:
+    """Each stage from Kafka: group members, lag, events/s, retrying, dead letters."""
+    from pipeline.status import Sampler, StageStatus
+
+    try:
+        loaded = load_pipeline(app_path)
+    except PipelineError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    settings = load_settings()
+    sampler = Sampler(
+        settings.kafka,
+        {name: spec.source for name, spec in loaded.stages.items()},
+        Naming.of(settings.topics),
+        settings.topics.retry_levels,
+    )
+
+    def table(rows: list[StageStatus]) -> Table:
+        view = Table(title=f"{loaded.name} stages")
+        for column in ("stage", "members", "lag", "events/s", "retrying", "dead letters"):
+            view.add_column(column, justify="left" if column == "stage" else "right")
+        for row in rows:
+            rate = "-" if row.events_per_s is None else f"{row.events_per_s:,.1f}"
+            view.add_row(
+                row.stage,
+                str(row.members),
+                f"{row.lag:,}",
+                rate,
+                f"{row.retrying:,}",
+                f"{row.dead_letters:,}",
+            )
+        return view
+
+    async def watch_forever() -> None:
+        from rich.live import Live
+
+        with Live(table(await sampler.next()), console=console, auto_refresh=False) as live:
+            while True:
+                await asyncio.sleep(interval)
+                live.update(table(await sampler.next()), refresh=True)
+
+    if json_output:
+        rows = asyncio.run(sampler.next())
+        typer.echo(json.dumps([asdict(row) for row in rows]))
+    elif watch:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(watch_forever())
+    else:
+        console.print(table(asyncio.run(sampler.next())))
 
 
 @app.command()

@@ -232,6 +232,30 @@ async def delete_topics(
                 await asyncio.sleep(0.2)
 
 
+async def wait_for_leaders(
+    settings: KafkaSettings, topics: list[str], *, timeout_s: float = 120.0
+) -> None:
+    """Return once every partition of ``topics`` has a leader: just after a topic is
+    created (or a cluster started) its metadata reaches the brokers over seconds, and
+    producers meanwhile see UnknownTopicOrPartition."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                async with admin_client(settings) as client:
+                    described = await client.describe_topics(topics)
+                led = [
+                    all(part["leader"] >= 0 for part in meta["partitions"])
+                    and bool(meta["partitions"])
+                    and not meta.get("error_code")
+                    for meta in described
+                ]
+                if len(led) == len(topics) and all(led):
+                    return
+            except KafkaError:
+                pass  # a broker is still joining: ask again
+            await asyncio.sleep(0.5)
+
+
 @metadata_retries
 async def group_members(settings: KafkaSettings, group: str) -> int:
     """How many members the consumer group has right now."""
