@@ -143,6 +143,28 @@ class _Stages:
                     self.stop(process, log, grace_s)
 
 
+async def drain_reviving(
+    stages: _Stages, run: Settings, naming: Naming, log: ChaosLog, deadline: float
+) -> None:
+    """Wait until every stage's group has committed everything, starting again any
+    stage whose processes all died meanwhile; :class:`TimeoutError` after ``deadline``
+    (``time.monotonic()``)."""
+    while True:
+        stages.revive(log)
+        try:
+            await wait_until_drained(
+                run.kafka,
+                STAGE_NAMES,
+                naming=naming,
+                retry_levels=run.topics.retry_levels,
+                timeout_s=30,
+            )
+            return
+        except TimeoutError:
+            if time.monotonic() > deadline:
+                raise
+
+
 def _env(settings: Settings, prefix: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -218,20 +240,7 @@ async def run_chaos(
                     stages.stop(process, log, grace_s)
                 log.rebalances += 1
         await producing
-        while True:
-            stages.revive(log)
-            try:
-                await wait_until_drained(
-                    run.kafka,
-                    STAGE_NAMES,
-                    naming=naming,
-                    retry_levels=run.topics.retry_levels,
-                    timeout_s=30,
-                )
-                break
-            except TimeoutError:
-                if time.monotonic() - started > drain_timeout_s:
-                    raise
+        await drain_reviving(stages, run, naming, log, started + drain_timeout_s)
     finally:
         if not producing.done():
             producing.cancel()

@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
-from pipeline.chaos import ChaosLog, _env, _Stages
+from pipeline.chaos import ChaosLog, _env, _Stages, drain_reviving
 from pipeline.kafka.admin import (
     admin_client,
     apply_topics,
@@ -38,7 +38,6 @@ from pipeline.kafka.admin import (
     wait_for_leaders,
 )
 from pipeline.kafka.connection import client_options, stop_consumer
-from pipeline.kafka.lag import wait_until_drained
 from pipeline.kafka.local_cluster import LocalCluster
 from pipeline.kafka.produce import produce_records
 from pipeline.kafka.topology import (
@@ -236,20 +235,7 @@ async def run_failover(
             await asyncio.sleep(down_s)
             await asyncio.to_thread(cluster.start, killed)
         await producing
-        while True:
-            stages.revive(log)
-            try:
-                await wait_until_drained(
-                    run.kafka,
-                    STAGE_NAMES,
-                    naming=naming,
-                    retry_levels=run.topics.retry_levels,
-                    timeout_s=30,
-                )
-                break
-            except TimeoutError:
-                if time.monotonic() - started > drain_timeout_s:
-                    raise
+        await drain_reviving(stages, run, naming, log, started + drain_timeout_s)
         stages.revive(log)
         if watching.done():
             watching.result()  # the watch failed: its pause would be wrong
