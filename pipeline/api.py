@@ -149,11 +149,7 @@ class Pipeline:
     def terminal_topics(self) -> list[str]:
         """Topics the stages write that no stage reads: where events leave."""
         read = {spec.source for spec in self._stages.values()}
-        return [
-            topic
-            for topic in self.topics()
-            if topic not in read and topic not in self.entry_topics()
-        ]
+        return [topic for topic in self.topics() if topic not in read]
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, stages={list(self._stages)})"

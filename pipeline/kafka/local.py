@@ -27,13 +27,11 @@ from __future__ import annotations
 
 import fcntl
 import logging
-import os
-import shutil
 import signal
 import subprocess
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -49,11 +47,14 @@ from pipeline.kafka.local_config import (
     render_server_properties,
 )
 from pipeline.kafka.local_process import (
+    JAVA_HINT,
+    fetch_jars,
     is_kafka_process,
     metadata_answers,
     port_accepts,
     require_tool,
     run_coroutine,
+    stop_group,
     tail,
 )
 from pipeline.settings import LocalKafkaSettings
@@ -76,9 +77,6 @@ logger = logging.getLogger(__name__)
 STOP_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.25
 LOG_TAIL_LINES = 30
-COMPLETE_MARKER = ".complete"
-JAVA_HINT = "a Java 17+ runtime (e.g. `apt-get install openjdk-17-jre-headless`)"
-MAVEN_HINT = "Apache Maven (e.g. `apt-get install maven`)"
 T = TypeVar("T")
 
 
@@ -195,24 +193,7 @@ class LocalKafka:
             return self._ensure_jars()
 
     def _ensure_jars(self) -> Path:
-        require_tool("java", JAVA_HINT)
-        libs = self.libs_dir
-        if (libs / COMPLETE_MARKER).exists():
-            return libs
-        mvn = require_tool("mvn", MAVEN_HINT)
-        shutil.rmtree(libs, ignore_errors=True)  # drop a half-finished earlier fetch
-        pom = self._libs_home / f"maven-{self._settings.version}" / "pom.xml"
-        pom.parent.mkdir(parents=True, exist_ok=True)
-        pom.write_text(render_pom(self._settings.version))
-        logger.info("fetching Kafka %s jars with Maven into %s", self._settings.version, libs)
-        command = [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies"]
-        command += [f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            output = "\n".join((result.stdout + result.stderr).splitlines()[-LOG_TAIL_LINES:])
-            raise LocalKafkaError(f"Maven could not fetch the Kafka jars:\n{output}")
-        (libs / COMPLETE_MARKER).write_text("")
-        return libs
+        return fetch_jars(self.libs_dir, self._libs_home, self._settings.version)
 
     def _read_pid(self) -> int | None:
         try:
@@ -467,16 +448,7 @@ class LocalKafka:
 
     def _stop(self, pid: int | None, first_signal: signal.Signals) -> bool:
         if pid is not None:
-            self._signal_group(pid, first_signal)
-            if not self._wait_for_exit(pid, STOP_TIMEOUT_S):
-                logger.warning(
-                    "Kafka pid %d outlived %s for %.0f s; killing it",
-                    pid,
-                    first_signal.name,
-                    STOP_TIMEOUT_S,
-                )
-                self._signal_group(pid, signal.SIGKILL)
-                self._wait_for_exit(pid, STOP_TIMEOUT_S)
+            stop_group(pid, first_signal, self._is_alive, STOP_TIMEOUT_S)
         self._pid_file.unlink(missing_ok=True)
         return pid is not None
 
@@ -485,16 +457,3 @@ class LocalKafka:
         bootstrap address."""
         self.down()
         return self.up(scram_users=self._scram_users)
-
-    def _signal_group(self, pid: int, sig: signal.Signals) -> None:
-        # The pid is the group id (start_new_session), so any helper the JVM forked goes too.
-        with suppress(ProcessLookupError):
-            os.killpg(pid, sig)
-
-    def _wait_for_exit(self, pid: int, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while self._is_alive(pid):
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-        return True

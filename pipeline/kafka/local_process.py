@@ -1,23 +1,35 @@
-"""The local Kafka's processes from the outside: are they Kafka, do they answer, what
-did they log. Used by :mod:`pipeline.kafka.local`."""
+"""The local Kafka's processes from the outside: fetch their jars, tell whether they are
+Kafka and answer, read what they logged, stop them. Used by :mod:`pipeline.kafka.local`."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
+import signal
 import socket
-from collections.abc import Coroutine
+import subprocess
+import time
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from pipeline.kafka.local_config import HOST, LocalKafkaError
+from pipeline.kafka.local_config import HOST, LocalKafkaError, render_pom
 
 T = TypeVar("T")
+
+logger = logging.getLogger("pipeline.kafka.local")
+
+COMPLETE_MARKER = ".complete"
+LOG_TAIL_LINES = 30
+JAVA_HINT = "a Java 17+ runtime (e.g. `apt-get install openjdk-17-jre-headless`)"
+MAVEN_HINT = "Apache Maven (e.g. `apt-get install maven`)"
 
 
 def tail(path: Path, lines: int) -> str:
@@ -89,3 +101,54 @@ def require_tool(name: str, install_hint: str) -> str:
     if path is None:
         raise LocalKafkaError(f"`{name}` is not on PATH; install {install_hint}.")
     return path
+
+
+def fetch_jars(libs: Path, maven_home: Path, version: str) -> Path:
+    """Resolve Kafka ``version``'s jars with Maven into ``libs`` unless they are complete
+    there already; ``libs``."""
+    require_tool("java", JAVA_HINT)
+    if (libs / COMPLETE_MARKER).exists():
+        return libs
+    mvn = require_tool("mvn", MAVEN_HINT)
+    shutil.rmtree(libs, ignore_errors=True)  # drop a half-finished earlier fetch
+    pom = maven_home / f"maven-{version}" / "pom.xml"
+    pom.parent.mkdir(parents=True, exist_ok=True)
+    pom.write_text(render_pom(version))
+    logger.info("fetching Kafka %s jars with Maven into %s", version, libs)
+    command = [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies"]
+    command += [f"-DoutputDirectory={libs}", "-DincludeScope=runtime"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        output = "\n".join((result.stdout + result.stderr).splitlines()[-LOG_TAIL_LINES:])
+        raise LocalKafkaError(f"Maven could not fetch the Kafka jars:\n{output}")
+    (libs / COMPLETE_MARKER).write_text("")
+    return libs
+
+
+def stop_group(
+    pid: int, first_signal: signal.Signals, is_alive: Callable[[int], bool], timeout_s: float
+) -> None:
+    """Send ``first_signal`` to the process group ``pid`` leads, then SIGKILL if it
+    outlives ``timeout_s``. The pid is the group id (the broker starts a new session), so
+    any helper the JVM forked goes too."""
+    _signal_group(pid, first_signal)
+    if not _wait_for_exit(pid, is_alive, timeout_s):
+        logger.warning(
+            "Kafka pid %d outlived %s for %.0f s; killing it", pid, first_signal.name, timeout_s
+        )
+        _signal_group(pid, signal.SIGKILL)
+        _wait_for_exit(pid, is_alive, timeout_s)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+def _wait_for_exit(pid: int, is_alive: Callable[[int], bool], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while is_alive(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True

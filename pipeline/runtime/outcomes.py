@@ -115,12 +115,9 @@ class Outcomes(EngineState):
             else:
                 headers.append((EVENT_ID, event_id.encode()))
                 self._recent.add(event_id)
-        lane = (record.partition, record.key)
-        holds = self._ledger.holds
         value = record.value or b""
-        if lane in holds:
-            # policy "release": the key's later events go on once this one is parked
-            del holds[lane]
+        # policy "release": the key's later events go on once this one is parked
+        if self._ledger.holds and self._release_hold(record, back_from_ladder=False):
             return self._emit_journaled(
                 record, partition, self._dead_letter_topic, value, headers, None
             )
@@ -176,20 +173,9 @@ class Outcomes(EngineState):
     ) -> bool:
         """Queue a handler's output, stamped with the input's ``event_id`` when the stage
         identifies its events; a record back from the ladder releases its key."""
-        headers = _forwarded(record)
-        if event_id is not None:
-            headers.append((EVENT_ID, event_id.encode()))
-        if self.tracing is not None:
-            headers = self._traced(record, headers)
-            self._end_span(record, "processed")
-        holds = self._ledger.holds
-        if holds:
-            lane = (record.partition, record.key)
-            if lane in holds and self._levels.get(record.topic, 0):
-                del holds[lane]
-                return self._emit_journaled(
-                    record, partition, self._sink_topic, value, headers, None
-                )
+        headers = self._output_headers(record, event_id, "processed")
+        if self._ledger.holds and self._release_hold(record, back_from_ladder=True):
+            return self._emit_journaled(record, partition, self._sink_topic, value, headers, None)
         return self._emit(record, partition, self._sink_topic, value, headers)
 
     def _succeeded_with(
@@ -200,23 +186,38 @@ class Outcomes(EngineState):
         event_id: str | None,
     ) -> bool:
         """Queue a handler's output records (none: dropped), as :meth:`_succeeded`."""
+        headers = self._output_headers(record, event_id, "processed" if records else "dropped")
+        release = bool(self._ledger.holds) and self._release_hold(record, back_from_ladder=True)
+        if not records and not release:
+            self._ledger.finish(partition, record.offset)
+            return True
+        return self._emit_all(record, partition, records, headers, journal=release, hold=None)
+
+    def _output_headers(
+        self, record: ConsumerRecord, event_id: str | None, outcome: str
+    ) -> Headers:
+        """The headers of a record's outputs: the input's own (trace context, not
+        provenance), the input's identity when the stage identifies its events, and the
+        record's span as their parent (ending it with ``outcome``)."""
         headers = _forwarded(record)
         if event_id is not None:
             headers.append((EVENT_ID, event_id.encode()))
         if self.tracing is not None:
             headers = self._traced(record, headers)
-            self._end_span(record, "processed" if records else "dropped")
+            self._end_span(record, outcome)
+        return headers
+
+    def _release_hold(self, record: ConsumerRecord, *, back_from_ladder: bool) -> bool:
+        """Release the key of ``record`` if it is held — only when the record came back
+        from the ladder, with ``back_from_ladder`` (an output), or in any case (a dead
+        letter: policy "release"); whether it was. The release must be journaled with
+        the record's output."""
+        lane = (record.partition, record.key)
         holds = self._ledger.holds
-        release = False
-        if holds:
-            lane = (record.partition, record.key)
-            if lane in holds and self._levels.get(record.topic, 0):
-                del holds[lane]
-                release = True
-        if not records and not release:
-            self._ledger.finish(partition, record.offset)
-            return True
-        return self._emit_all(record, partition, records, headers, journal=release, hold=None)
+        if lane not in holds or (back_from_ladder and not self._levels.get(record.topic, 0)):
+            return False
+        del holds[lane]
+        return True
 
     def _emit_journaled(
         self,
