@@ -6,6 +6,8 @@ once at the edge (the CLI, a test fixture) and passed down.
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -103,6 +105,10 @@ class TopologySettings(BaseSettings):
 Guarantee = Literal["at_least_once", "exactly_once"]
 """``exactly_once``: a stage's outputs and its input offsets commit in one transaction."""
 
+TransactionScheme = Literal["auto", "per_process", "per_partition"]
+"""``exactly_once``'s producers: one per process (KIP-447 brokers, Kafka 2.5+), one per
+input partition (older brokers), or ``auto``: the first the broker supports."""
+
 
 class StageSettings(BaseSettings):
     """Tuning shared by every stage (``PIPELINE_STAGE_*``)."""
@@ -152,7 +158,26 @@ class StageSettings(BaseSettings):
         ge=0,
         description="exactly_once: how long a commit waits for in-flight records to finish.",
     )
-    transaction_timeout_ms: int = Field(default=60_000, ge=1_000)
+    transaction_timeout_ms: int = Field(
+        default=20_000,
+        ge=1_000,
+        description="exactly_once: the broker aborts a transaction open this long — also "
+        "how long a killed process's open transaction holds up read_committed readers "
+        "when no restart under the same instance id fences it sooner.",
+    )
+    transactions: TransactionScheme = Field(
+        default="auto",
+        description="exactly_once: per_process (one transactional producer per stage "
+        "process, fenced by group generation), per_partition, or auto.",
+    )
+
+    @property
+    def instance_id(self) -> str:
+        """This process's stable name where one is configured (``group_instance_id``),
+        else its host and pid: the suffix of its transactional id."""
+        if self.group_instance_id:
+            return self.group_instance_id
+        return f"{socket.gethostname()}-{os.getpid()}"
 
     def guarantee_of(self, stage: str) -> Guarantee:
         """The processing guarantee ``stage`` runs with."""

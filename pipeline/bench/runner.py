@@ -12,6 +12,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -26,7 +27,7 @@ from pipeline.kafka.topology import (
     holds_topic,
     retry_topic,
 )
-from pipeline.settings import Guarantee, Settings
+from pipeline.settings import Guarantee, Settings, TransactionScheme
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -43,6 +44,7 @@ class RunResult:
     order_violations: int
     cpu_s_per_hop: list[float] = field(default_factory=list)
     rss_mb_per_hop: list[float] = field(default_factory=list)
+    connections_per_hop: list[int] = field(default_factory=list)
 
     @property
     def eps(self) -> float:
@@ -61,6 +63,7 @@ class RunResult:
             "order_violations": self.order_violations,
             "cpu_s_per_hop": [round(c, 2) for c in self.cpu_s_per_hop],
             "rss_mb_per_hop": [round(r, 1) for r in self.rss_mb_per_hop],
+            "connections_per_hop": self.connections_per_hop,
         }
 
 
@@ -86,6 +89,18 @@ def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
         stderr=subprocess.DEVNULL,
         text=True,
     )
+
+
+def _proc_sockets(pid: int) -> int:
+    """Open sockets of a process (its broker connections: the hops serve no HTTP)."""
+    fds = Path(f"/proc/{pid}/fd")
+    count = 0
+    for fd in fds.iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:
+            continue  # closed meanwhile
+    return count
 
 
 async def _read_line(process: subprocess.Popen[str], prefix: str, timeout_s: float) -> str:
@@ -140,6 +155,7 @@ async def run_chain(
     backlog: bool = False,
     timeout_s: float = 300.0,
     guarantee: Guarantee = "at_least_once",
+    transactions: TransactionScheme = "auto",
 ) -> RunResult:
     """Run one implementation's four hops over ``events`` events and measure them.
 
@@ -164,6 +180,8 @@ async def run_chain(
         "PIPELINE_TOPICS_PREFIX": prefix,
         "PIPELINE_HTTP_ENABLED": "false",
         "PIPELINE_PROCESSING_GUARANTEE": guarantee,
+        "PIPELINE_STAGE_TRANSACTIONS": transactions,
+        "PIPELINE_TOPICS_PARTITIONS": str(settings.topics.partitions),
     }
     source = naming.topic(hop_topic(0))
     started = time.time()
@@ -184,6 +202,7 @@ async def run_chain(
         summary = json.loads(await _read_line(sink, "{", timeout_s))
         cpu = [_proc_cpu_seconds(p.pid) for p in hops]
         rss = [_proc_peak_rss_mb(p.pid) for p in hops]
+        sockets = [_proc_sockets(p.pid) for p in hops]
     finally:
         for process in [*hops, sink]:
             process.terminate()
@@ -193,8 +212,11 @@ async def run_chain(
             except subprocess.TimeoutExpired:
                 process.kill()
         await delete_topics(settings.kafka, [t.name for t in topics])
+    label = implementation
+    if guarantee == "exactly_once":
+        label += " eos" if transactions == "auto" else f" eos {transactions.replace('_', '-')}"
     return RunResult(
-        implementation=implementation if guarantee == "at_least_once" else f"{implementation} eos",
+        implementation=label,
         events=summary["received"],
         seconds=summary["last_at"] - started,
         p50_ms=summary["p50_ms"],
@@ -202,4 +224,5 @@ async def run_chain(
         order_violations=summary["order_violations"],
         cpu_s_per_hop=cpu,
         rss_mb_per_hop=rss,
+        connections_per_hop=sockets,
     )

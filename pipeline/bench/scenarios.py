@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.bench.runner import RunResult, run_chain
-from pipeline.settings import Guarantee, Settings
+from pipeline.settings import Guarantee, Settings, TransactionScheme
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,9 +73,10 @@ async def run_scenarios(
         events: int,
         delay_ms: float = 0.0,
         guarantee: Guarantee = "at_least_once",
+        transactions: TransactionScheme = "auto",
     ) -> RunResult:
         waits = f", {delay_ms} ms per handler" if delay_ms else ""
-        mode = ", exactly-once" if guarantee == "exactly_once" else ""
+        mode = f", exactly-once ({transactions})" if guarantee == "exactly_once" else ""
         say(f"{scenario}: {implementation}{mode}{waits}")
         return await run_chain(
             settings,
@@ -84,6 +85,7 @@ async def run_scenarios(
             keys=sizes.keys,
             delay_ms=delay_ms,
             guarantee=guarantee,
+            transactions=transactions,
         )
 
     for name in names:
@@ -102,6 +104,21 @@ async def run_scenarios(
             results["io"] = _summary(pipe, None, fast, eos)
             if cpu_eps:
                 results["io"]["vs_own_cpu"] = round(pipe.eps / cpu_eps, 3)
+        elif name == "eos":
+            # Exactly-once's cost and footprint: one transactional producer per process
+            # against one per input partition, beside at-least-once, at this run's
+            # partition count.
+            events = sizes.cpu_events
+            pipe = await chain(name, "pipeline", events)
+            per_process = await chain(name, "pipeline", events, 0.0, "exactly_once", "per_process")
+            per_partition = await chain(
+                name, "pipeline", events, 0.0, "exactly_once", "per_partition"
+            )
+            results["eos"] = _summary(pipe, None, None, per_process)
+            results["eos"]["runs"].append(per_partition.as_dict())
+            results["eos"]["partitions"] = settings.topics.partitions
+            results["eos"]["per_partition_eps"] = round(per_partition.eps, 1)
+            results["eos"]["per_partition_vs_pipeline"] = round(per_partition.eps / pipe.eps, 3)
         elif name == "burst":
             backlog = sizes.burst_factor * settings.stage.max_in_flight
             say(f"burst: pipeline drains a backlog of {backlog} events")
@@ -130,8 +147,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     """The results as a Markdown table."""
     lines = [
         "| scenario | implementation | events | events/s | p50 ms | p99 ms | "
-        "CPU s per hop | peak RSS MB per hop | order violations |",
-        "|---|---|---:|---:|---:|---:|---|---|---:|",
+        "CPU s per hop | peak RSS MB per hop | connections per hop | order violations |",
+        "|---|---|---:|---:|---:|---:|---|---|---|---:|",
     ]
     for scenario, summary in results.items():
         if scenario == "machine":
@@ -142,6 +159,7 @@ def markdown_table(results: dict[str, Any]) -> str:
                 f"{run['eps']:,.0f} | {run['p50_ms']:,.0f} | {run['p99_ms']:,.0f} | "
                 f"{', '.join(f'{c:.1f}' for c in run['cpu_s_per_hop'])} | "
                 f"{', '.join(f'{r:.0f}' for r in run['rss_mb_per_hop'])} | "
+                f"{', '.join(str(c) for c in run['connections_per_hop'])} | "
                 f"{run['order_violations']} |"
             )
     return "\n".join(lines)

@@ -20,12 +20,19 @@ console = Console()
 def bench(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
     scenario: Annotated[
-        list[str] | None, typer.Option(help="cpu, io, burst (repeatable; default all).")
+        list[str] | None,
+        typer.Option(help="cpu, io, burst, eos (repeatable; default cpu, io, burst)."),
     ] = None,
-    events: Annotated[int, typer.Option(help="Events for cpu (io: half).")] = 200_000,
+    events: Annotated[int, typer.Option(help="Events for cpu and eos (io: half).")] = 200_000,
+    partitions: Annotated[
+        int | None, typer.Option(help="Partitions per topic (default: PIPELINE_TOPICS_*).")
+    ] = None,
 ) -> None:
     """Run the benchmark scenarios on the configured (or local) broker."""
     settings = load_settings()
+    if partitions is not None:
+        topics = settings.topics.model_copy(update={"partitions": partitions})
+        settings = settings.model_copy(update={"topics": topics})
     sizes = BenchSizes(cpu_events=events, io_events=events // 2)
     names = scenario or ["cpu", "io", "burst"]
 
@@ -46,6 +53,7 @@ def bench(
                 "vs_own_cpu",
                 "eos_eps",
                 "eos_vs_pipeline",
+                "per_partition_vs_pipeline",
                 "p99_ms",
                 "rss_mb",
                 "order_violations",

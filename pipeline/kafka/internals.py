@@ -16,23 +16,39 @@ unit test loudly instead of a running stage quietly. The dependency ranges in
   a SASL refusal from a missing broker.
 - :func:`skip_decoding`: a FastStream batch decoder that returns ``None``, so FastStream
   does not build a message object per record the engine decodes itself.
+- :func:`group_metadata`: the consumer's group generation, member id and group instance
+  id (``consumer._coordinator``), which KIP-447's offset commits carry.
+- :func:`route_txn_offset_commits`: a transactional producer's ``TxnOffsetCommit``
+  built by the caller (v3, with group metadata) instead of aiokafka's v0, by replacing
+  its sender's one step that sends it (``sender._do_txn_offset_commit``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections import defaultdict
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.client import CoordinationType
 from aiokafka.conn import create_conn
+from aiokafka.errors import GroupAuthorizationFailedError, KafkaError
+from aiokafka.producer.sender import TxnOffsetCommitHandler
 from aiokafka.structs import TopicPartition
 
 from pipeline.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from pipeline.kafka.group_fencing import ConsumerGroupMetadata
 
 __all__ = [
     "TRANSACTION_STATE_ERRORS",
     "InternalsChanged",
     "fetch_position",
+    "group_metadata",
     "open_connection",
+    "route_txn_offset_commits",
     "skip_decoding",
 ]
 
@@ -71,3 +87,85 @@ def fetch_position(consumer: AIOKafkaConsumer, partition: TopicPartition) -> int
 async def skip_decoding(message: Any) -> None:
     """A FastStream decoder that decodes nothing (the engine decodes each record)."""
     return
+
+
+def group_metadata(consumer: AIOKafkaConsumer, group_id: str) -> ConsumerGroupMetadata:
+    """``consumer``'s place in ``group_id`` now: generation, member id, instance id."""
+    from pipeline.kafka.group_fencing import ConsumerGroupMetadata
+
+    try:
+        coordinator = consumer._coordinator
+        return ConsumerGroupMetadata(
+            group_id=group_id,
+            generation_id=int(coordinator.generation),
+            member_id=str(coordinator.member_id),
+            group_instance_id=coordinator._group_instance_id,
+        )
+    except AttributeError as exc:
+        raise InternalsChanged(
+            f"aiokafka's consumer no longer exposes its group generation as this pipeline "
+            f"reads it ({exc}); pin aiokafka to the range in pyproject.toml"
+        ) from exc
+
+
+BuildOffsetCommit = Callable[[str, int, int, list[tuple[str, list[tuple[int, int, str]]]]], Any]
+"""``(transactional id, producer id, epoch, offsets by topic)`` → the request to send."""
+
+
+def route_txn_offset_commits(
+    producer: AIOKafkaProducer,
+    build: BuildOffsetCommit,
+    refusal: Callable[[int], KafkaError | None],
+) -> None:
+    """Send ``producer``'s ``TxnOffsetCommit`` as ``build`` makes it; a partition error
+    that ``refusal`` turns into an exception fails the transaction (abortable) with it.
+
+    The rest (coordinator lookup, retries, the other error codes) is aiokafka's own
+    handler; responses are given to it in v0's shape.
+    """
+    try:
+        sender = producer._sender
+        sender._do_txn_offset_commit  # noqa: B018 - the step replaced below must exist
+    except AttributeError as exc:
+        raise InternalsChanged(
+            f"aiokafka's producer no longer sends offset commits as this pipeline "
+            f"replaces them ({exc}); pin aiokafka to the range in pyproject.toml"
+        ) from exc
+
+    class Handler(TxnOffsetCommitHandler):  # type: ignore[misc]
+        def create_request(self) -> Any:
+            manager = self._sender._txn_manager
+            by_topic: defaultdict[str, list[tuple[int, int, str]]] = defaultdict(list)
+            for tp, offset in sorted(self._offsets.items()):
+                by_topic[tp.topic].append((tp.partition, offset.offset, offset.metadata))
+            return build(
+                manager.transactional_id,
+                manager.producer_id,
+                manager.producer_epoch,
+                list(by_topic.items()),
+            )
+
+        def handle_response(self, response: Any) -> Any:
+            rows = [
+                (topic, [(row[0], row[1]) for row in partitions])
+                for topic, partitions, *_tags in response.errors
+            ]
+            for _topic, partitions in rows:
+                for _number, code in partitions:
+                    exc = refusal(code)
+                    if exc is not None:
+                        self._sender._txn_manager.error_transaction(exc)
+                        return None
+            return super().handle_response(SimpleNamespace(errors=rows))
+
+    async def commit(offsets: dict[TopicPartition, Any], group_id: str) -> None:
+        if not offsets:
+            return
+        try:
+            node_id = await sender._find_coordinator(CoordinationType.GROUP, group_id)
+        except GroupAuthorizationFailedError as exc:
+            sender._txn_manager.error_transaction(exc)
+            return
+        await Handler(sender, offsets, group_id).do(node_id)
+
+    sender._do_txn_offset_commit = commit

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import TopicPartition
@@ -107,6 +107,8 @@ class Checkpointing(EngineState):
         stops the stage: its outputs are aborted, and the engine's view of what is
         finished no longer matches Kafka's.
         """
+        if transactions.spans_partitions:
+            only = None  # one transaction holds every partition's outputs
         async with self._commit_lock:
             if self.failure is not None:
                 return
@@ -158,8 +160,8 @@ class Checkpointing(EngineState):
         """
         self._settled.clear()
         try:
-            await self._settle(partitions)
-            self._ledger.assign(partitions)
+            floors = await self._settle(partitions)
+            self._ledger.assign(partitions, floors)
         except Exception as exc:  # nothing of theirs may run without its state
             self.fail(exc)
             return
@@ -167,9 +169,10 @@ class Checkpointing(EngineState):
             self._settled.set()
         self._observer.ready(True)
 
-    async def _settle(self, partitions: set[TopicPartition]) -> None:
+    async def _settle(self, partitions: set[TopicPartition]) -> Mapping[TopicPartition, int]:
+        floors: Mapping[TopicPartition, int] = {}
         if self.transactions is not None:
-            await self.transactions.assign({tp.partition for tp in partitions})
+            floors = await self.transactions.assign(partitions)
         numbers = sorted(tp.partition for tp in partitions if tp.topic == self.source_topic)
         ledger = self._ledger
         if self._ordered and self._kafka is not None:
@@ -188,6 +191,7 @@ class Checkpointing(EngineState):
             per_partition = self._settings.dedupe_window // max(1, self._source_partitions)
             for event_id in await recent_event_ids(self._kafka, tails, per_partition):
                 self._recent.add(event_id)
+        return floors
 
     async def revoked(self, partitions: set[TopicPartition], timeout_s: float) -> None:
         """Give ``partitions`` back: drain them within ``timeout_s``, commit, forget them."""

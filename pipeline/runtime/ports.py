@@ -8,7 +8,7 @@ and :mod:`pipeline.runtime.transactions`, test doubles in the unit tests.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from aiokafka.structs import TopicPartition
@@ -49,14 +49,20 @@ class OffsetCommitter(Protocol):
 
 
 class Transactions(OffsetCommitter, Protocol):
-    """``exactly_once``: a transactional producer per input partition (the sink too)."""
+    """``exactly_once``: the transactional producers of a stage (the sink too) — one per
+    process, or one per input partition where the broker lacks KIP-447."""
 
-    async def assign(self, numbers: Iterable[int]) -> None:
-        """Start producers for newly owned partition numbers, fencing earlier owners."""
+    spans_partitions: bool
+    """Whether one transaction holds every owned partition's outputs (so a commit
+    covers them all)."""
+
+    async def assign(self, partitions: Iterable[TopicPartition]) -> Mapping[TopicPartition, int]:
+        """Take newly owned partitions once an earlier owner's transaction has ended;
+        returns committed offsets below which nothing may be processed."""
         ...
 
     async def release(self, numbers: Iterable[int]) -> None:
-        """Close the producers of partition numbers given back."""
+        """Stop writing for partition numbers given back."""
         ...
 
     async def begin_commit(

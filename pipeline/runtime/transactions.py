@@ -1,4 +1,10 @@
-"""Exactly-once hops: one transactional producer per input partition.
+"""Exactly-once hops on a broker without KIP-447: one transactional producer per input
+partition.
+
+Brokers since Kafka 2.5 fence zombies by group generation, and the stage uses one
+producer per process there (:mod:`pipeline.runtime.process_transactions`); this scheme
+is what remains for older brokers, or when chosen with
+``PIPELINE_STAGE_TRANSACTIONS=per_partition``.
 
 A stage in ``exactly_once`` mode sends the outputs of input partition *p* (and of retry
 partition *p*: the range assignor gives both to one member) through a producer whose
@@ -19,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -50,7 +56,11 @@ class _Slot:
 
 
 class PartitionTransactions:
-    """The stage's sink and committer in ``exactly_once`` mode."""
+    """The stage's sink and committer in ``exactly_once`` mode, a producer per input
+    partition."""
+
+    spans_partitions = False
+    """Each input partition has its own transaction (a commit may cover a subset)."""
 
     def __init__(
         self,
@@ -92,11 +102,16 @@ class PartitionTransactions:
 
     # -- partitions come and go ------------------------------------------------------
 
-    async def assign(self, numbers: Iterable[int]) -> None:
-        """Start a producer (fencing any earlier owner) for each new partition number."""
-        fresh = [n for n in set(numbers) if n not in self._slots]
+    async def assign(self, partitions: Iterable[TopicPartition]) -> Mapping[TopicPartition, int]:
+        """Start a producer (fencing any earlier owner) for each new partition number.
+
+        Starting it ends the earlier owner's open transaction (aborted), so the committed
+        offsets the consumer fetches are already stable: no floor is returned.
+        """
+        fresh = [n for n in {tp.partition for tp in partitions} if n not in self._slots]
         slots = await asyncio.gather(*(self._open(n) for n in fresh))
         self._slots.update(zip(fresh, slots, strict=True))
+        return {}
 
     async def _open(self, number: int) -> _Slot:
         producer = self._make_producer(self.transactional_id(number))

@@ -22,12 +22,14 @@ from faststream.kafka.annotations import KafkaMessage
 
 from pipeline.failures.provenance import Headers
 from pipeline.kafka.connection import client_options
-from pipeline.kafka.internals import fetch_position, skip_decoding
+from pipeline.kafka.group_fencing import ConsumerGroupMetadata
+from pipeline.kafka.internals import fetch_position, group_metadata, skip_decoding
 from pipeline.kafka.topology import Naming
 from pipeline.runtime.batching import BatchingSink
 from pipeline.runtime.engine import StageEngine
 from pipeline.runtime.observer import NullObserver, StageObserver
 from pipeline.runtime.ports import RecordSink
+from pipeline.runtime.process_transactions import ProcessTransactions, transaction_scheme
 from pipeline.runtime.stage import StageSpec
 from pipeline.runtime.transactions import PartitionTransactions
 from pipeline.services import Services
@@ -117,7 +119,7 @@ class StageRuntime:
         self._producer: AIOKafkaProducer | None = None
         self._own_sink = sink is None
         self._batches: BatchingSink | None = None
-        self._transactions: PartitionTransactions | None = None
+        self._transactions: ProcessTransactions | PartitionTransactions | None = None
         self._deferred = _DeferredSink()
         self._sink: RecordSink = sink or self._deferred
         self.engine = StageEngine(
@@ -218,13 +220,23 @@ class StageRuntime:
         counts = {topic: len(await self._producer.partitions_for(topic)) for topic in topics}
         source_partitions = counts[topics[0]]
         if self.exactly_once:
-            # Outputs go through a transactional producer per input partition, started on
-            # assignment; this one only looked up the partition counts.
+            # Outputs go through transactional producers; this one only looked up the
+            # partition counts and what the broker speaks.
+            scheme = await transaction_scheme(self._producer, self._settings.transactions)
             await self._producer.stop()
             self._producer = None
-            self._transactions = PartitionTransactions(
-                self._new_producer, self.naming.group(self.spec.name), counts
-            )
+            group = self.naming.group(self.spec.name)
+            if scheme == "per_process":
+                self._transactions = ProcessTransactions(
+                    self._new_producer(f"{group}-{self._settings.instance_id}"),
+                    group,
+                    counts,
+                    self._group_metadata,
+                    stable_timeout_s=self._settings.transaction_timeout_ms / 1000,
+                )
+                await self._transactions.start()
+            else:
+                self._transactions = PartitionTransactions(self._new_producer, group, counts)
             self._transactions.on_error = self.engine.fail
             self._deferred.target = self._transactions
             self.engine.attach_sink(
@@ -238,6 +250,13 @@ class StageRuntime:
         self._batches.start()
         self._deferred.target = self._batches
         self.engine.attach_sink(self._batches, source_partitions=source_partitions)
+
+    def _group_metadata(self) -> ConsumerGroupMetadata:
+        """The stage consumer's current place in its group (what offsets commit as)."""
+        consumer = self._consumer
+        if not isinstance(consumer, AIOKafkaConsumer):
+            raise RuntimeError("offsets committed before the stage's consumer started")
+        return group_metadata(consumer, self.naming.group(self.spec.name))
 
     def _new_producer(self, transactional_id: str | None = None) -> AIOKafkaProducer:
         return AIOKafkaProducer(

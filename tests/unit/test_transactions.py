@@ -76,7 +76,7 @@ async def transactions(numbers: list[int]) -> tuple[PartitionTransactions, dict[
     txns = PartitionTransactions(make, "pay", {"orders.paid": 12})
     delivered: list[Any] = []
     txns.bind(lambda receipts, _delivery: delivered.extend(receipts))
-    await txns.assign(numbers)
+    await txns.assign([TopicPartition("orders.reserved", n) for n in numbers])
     return txns, made
 
 

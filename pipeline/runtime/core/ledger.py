@@ -17,7 +17,7 @@ twice, a revoke forgets exactly what it gives back — are model-checked in
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
 
 from pipeline.runtime.core.lanes import KeyLanes
@@ -48,7 +48,7 @@ class PartitionState:
 class StageLedger(Generic[Item, HoldT]):
     """Partitions, lanes, holds and the in-flight total of one stage."""
 
-    __slots__ = ("_assigned", "holds", "in_flight", "lanes", "partitions")
+    __slots__ = ("_assigned", "_floors", "holds", "in_flight", "lanes", "partitions")
 
     def __init__(self) -> None:
         self.partitions: dict[Slot, PartitionState] = {}
@@ -58,6 +58,7 @@ class StageLedger(Generic[Item, HoldT]):
         self.holds: dict[Lane, HoldT] = {}
         self.in_flight = 0
         self._assigned: set[Slot] | None = None
+        self._floors: dict[Slot, int] = {}
 
     # -- assignment ------------------------------------------------------------------
 
@@ -67,9 +68,11 @@ class StageLedger(Generic[Item, HoldT]):
         slot is accepted then: a consumer without a group)."""
         return self._assigned
 
-    def assign(self, slots: Iterable[Slot]) -> None:
-        """The consumer now owns ``slots`` (a rebalance's full assignment)."""
+    def assign(self, slots: Iterable[Slot], committed: Mapping[Slot, int] | None = None) -> None:
+        """The consumer now owns ``slots`` (a rebalance's full assignment); ``committed``
+        offsets, where known, are floors: no record below one is taken."""
         self._assigned = set(slots)
+        self._floors = dict(committed or {})
 
     def disown(self, slots: Iterable[Slot]) -> None:
         """Take no more records of ``slots`` (a revoke has begun)."""
@@ -86,7 +89,7 @@ class StageLedger(Generic[Item, HoldT]):
         if partition is None:
             if not self.owns(slot):
                 return None  # fetched before a revoke: no longer ours
-            partition = self.partitions[slot] = PartitionState(slot)
+            partition = self.partitions[slot] = PartitionState(slot, self._floors.get(slot))
         return partition
 
     def current(self, partition: PartitionState) -> bool:

@@ -41,9 +41,13 @@ class PartitionOffsets:
         """Record that ``offset`` has been taken for processing.
 
         Returns ``False`` (and tracks nothing) for an offset at or below one already
-        tracked: a record fetched twice must not be processed twice by this instance.
+        tracked — a record fetched twice must not be processed twice by this instance —
+        or below the committed offset: a fetch from an older position than a previous
+        owner's last transaction committed.
         """
         if self._highest_tracked is not None and offset <= self._highest_tracked:
+            return False
+        if self.committed_offset is not None and offset < self.committed_offset:
             return False
         self._pending.append(offset)
         self._highest_tracked = offset
