@@ -95,6 +95,8 @@ def group_metadata(consumer: AIOKafkaConsumer, group_id: str) -> ConsumerGroupMe
 
     try:
         coordinator = consumer._coordinator
+        if coordinator is None:
+            raise RuntimeError(f"the consumer of {group_id} has not started")
         return ConsumerGroupMetadata(
             group_id=group_id,
             generation_id=int(coordinator.generation),

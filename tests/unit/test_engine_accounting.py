@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from pipeline.errors import ServiceUnavailable
 from pipeline.kafka.topology import Naming
+from pipeline.runtime.core.ledger import StageLedger
 from pipeline.runtime.engine import StageEngine
 from pipeline.runtime.observer import NullObserver
 from pipeline.runtime.stage import StageSpec
@@ -157,3 +158,15 @@ async def _until(condition: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0)
     raise AssertionError("condition never held")
+
+
+def test_records_below_a_new_assignments_committed_offset_are_not_taken() -> None:
+    # A previous owner's last transaction committed offset 10 after this consumer
+    # fetched from 5: the records in between are done already.
+    ledger: StageLedger[object, object] = StageLedger()
+    ledger.assign([("orders", 0)], {("orders", 0): 10})
+    partition = ledger.open(("orders", 0))
+    assert partition is not None
+    assert not ledger.take(partition, 5)
+    assert ledger.take(partition, 10)
+    assert ledger.in_flight == 1

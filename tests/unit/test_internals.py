@@ -9,7 +9,7 @@ import inspect
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.producer.transaction_manager import TransactionManager, TransactionState
 from aiokafka.structs import TopicPartition
 from faststream.kafka import KafkaRouter
@@ -18,7 +18,9 @@ from pipeline.kafka.internals import (
     TRANSACTION_STATE_ERRORS,
     InternalsChanged,
     fetch_position,
+    group_metadata,
     open_connection,
+    route_txn_offset_commits,
     skip_decoding,
 )
 from pipeline.runtime.observer import NullObserver
@@ -106,3 +108,38 @@ async def test_a_broken_position_read_fails_the_stage_and_makes_it_not_ready() -
     with pytest.raises(StageFailed):  # later batches: the same failure, not a new one
         await engine.submit([record(1, "a")])
     await engine.stop(timeout_s=0)
+
+
+async def test_group_metadata_reads_the_consumers_generation_without_a_broker() -> None:
+    consumer = AIOKafkaConsumer("orders", bootstrap_servers="127.0.0.1:1", group_id="pay")
+    with pytest.raises(RuntimeError, match="not started"):
+        group_metadata(consumer, "pay")
+
+    class Coordinator:
+        generation = 7
+        member_id = "member-1"
+        _group_instance_id = "pay-0"
+
+    consumer._coordinator = Coordinator()
+    metadata = group_metadata(consumer, "pay")
+    assert (metadata.generation_id, metadata.member_id, metadata.group_instance_id) == (
+        7,
+        "member-1",
+        "pay-0",
+    )
+    del Coordinator.member_id  # an aiokafka that keeps it elsewhere
+    with pytest.raises(InternalsChanged, match="pin aiokafka"):
+        group_metadata(consumer, "pay")
+
+
+async def test_offset_commits_are_routed_through_the_given_request() -> None:
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", transactional_id="pay-0")
+    before = producer._sender._do_txn_offset_commit
+    route_txn_offset_commits(producer, lambda *args: args, lambda code: None)
+    assert producer._sender._do_txn_offset_commit is not before
+
+    class Moved:
+        pass
+
+    with pytest.raises(InternalsChanged, match="pin aiokafka"):
+        route_txn_offset_commits(Moved(), lambda *args: args, lambda code: None)  # type: ignore[arg-type]
