@@ -8,8 +8,10 @@ A stage is a typed async handler, declared the way FastStream subscribers are::
     async def clean(reading: Reading, store: Store = Depends(get_store)) -> Reading | None:
         return None if reading.malformed else reading
 
-The first parameter's annotation is the input model; every other parameter must be a
-``Depends(...)`` dependency. Dependencies are resolved once, when the stage handles its
+The first parameter's annotation is the input model — or ``list[Model]``: a batched
+handler, given the events the stage starts together (at most one per key) and returning
+one outcome per event (:mod:`pipeline.runtime.micro_batch`); every other parameter must
+be a ``Depends(...)`` dependency. Dependencies are resolved once, when the stage handles its
 first record, and shared by every record after (a client, a pool, a store): per-record
 resolution costs more than most handlers. The runtime owns key order, retries, dead
 letters, commits, exactly-once and telemetry around the handler.
@@ -30,6 +32,7 @@ from pydantic import BaseModel
 
 from pipeline.errors import ConfigurationError
 from pipeline.failures.classify import ErrorPolicy, default_error_policy
+from pipeline.runtime.micro_batch import MicroBatcher
 from pipeline.runtime.stage import StageSpec
 from pipeline.settings import Guarantee
 
@@ -86,6 +89,7 @@ class Pipeline:
         max_in_flight: int | None = None,
         retry_delays_s: Sequence[float] | None = None,
         in_process_attempts: int | None = None,
+        max_batch_size: int = 500,
     ) -> Callable[[HandlerT], HandlerT]:
         """Declare the decorated handler as a stage reading ``source``.
 
@@ -93,14 +97,17 @@ class Pipeline:
         key); ``None`` drops the input; ``Output``\\ s go to ``sink`` or ``outputs``.
         ``identify`` gives an input's event id, to drop redelivered duplicates.
         ``guarantee``, ``max_in_flight``, ``retry_delays_s`` and ``in_process_attempts``
-        set this stage's defaults over the ``PIPELINE_STAGE_*`` ones.
+        set this stage's defaults over the ``PIPELINE_STAGE_*`` ones. A batched handler
+        (``list[Model]`` in) gets at most ``max_batch_size`` events per call.
         """
+        if max_batch_size < 1:
+            raise ConfigurationError("max_batch_size must be at least 1")
 
         def declare(handler: HandlerT) -> HandlerT:
             stage_name = name or handler.__name__
             if stage_name in self._stages:
                 raise ConfigurationError(f"pipeline {self.name} has two stages {stage_name!r}")
-            input_type, output_type, dependencies = _signature_of(handler)
+            input_type, output_type, dependencies, batched = _signature_of(handler)
             tuning: dict[str, Any] = {
                 "max_in_flight": max_in_flight,
                 "retry_delays_s": list(retry_delays_s) if retry_delays_s is not None else None,
@@ -119,7 +126,7 @@ class Pipeline:
                 outputs=tuple(outputs),
                 key=key,
                 output_type=output_type,
-                bind=_binder(handler, dependencies),
+                bind=_binder(handler, dependencies, max_batch_size if batched else 0),
                 tuning=tuple((k, v) for k, v in tuning.items() if v is not None),
             )
             return handler
@@ -155,9 +162,11 @@ class Pipeline:
         return f"Pipeline({self.name!r}, stages={list(self._stages)})"
 
 
-def _signature_of(handler: Callable[..., Any]) -> tuple[Any, Any, list[inspect.Parameter]]:
-    """The input type, the output model (if it returns one) and the dependency
-    parameters of a stage handler, checked."""
+def _signature_of(
+    handler: Callable[..., Any],
+) -> tuple[Any, Any, list[inspect.Parameter], bool]:
+    """The input type, the output model (if it returns one), the dependency parameters
+    of a stage handler, checked, and whether it takes a batch (``list[Model]``)."""
     if not inspect.iscoroutinefunction(handler):
         raise ConfigurationError(f"stage handler {handler.__qualname__} must be `async def`")
     parameters = list(inspect.signature(handler).parameters.values())
@@ -185,7 +194,12 @@ def _signature_of(handler: Callable[..., Any]) -> tuple[Any, Any, list[inspect.P
                 "dependencies live as long as the stage, so open and close such resources "
                 "in the app's lifespan and return them from a plain function"
             )
-    return hints[event.name], _model_in(hints.get("return")), dependencies
+    input_type, output = hints[event.name], hints.get("return")
+    batched = typing.get_origin(input_type) is list
+    if batched:
+        input_type = typing.get_args(input_type)[0]
+        output = next(iter(typing.get_args(output)), None)  # list[Out | None]
+    return input_type, _model_in(output), dependencies, batched
 
 
 def _model_in(annotation: Any) -> Any:
@@ -199,15 +213,17 @@ def _model_in(annotation: Any) -> Any:
 
 
 def _binder(
-    handler: Callable[..., Coroutine[Any, Any, Any]], dependencies: list[inspect.Parameter]
+    handler: Callable[..., Coroutine[Any, Any, Any]],
+    dependencies: list[inspect.Parameter],
+    max_batch_size: int,
 ) -> Callable[[Overrides], Callable[[Any], Coroutine[Any, Any, Any]]]:
     """For each app: a one-argument callable that runs ``handler`` with its
-    dependencies (resolved on the first call, honouring the app's overrides)."""
+    dependencies (resolved on the first call, honouring the app's overrides); for a
+    batched handler (``max_batch_size`` > 0), a per-event call in front of it."""
 
     def bind(overrides: Overrides) -> Callable[[Any], Coroutine[Any, Any, Any]]:
-        if not dependencies:
-            return handler
-        return _Bound(handler, dependencies, overrides)
+        call = _Bound(handler, dependencies, overrides) if dependencies else handler
+        return MicroBatcher(call, max_batch_size) if max_batch_size else call
 
     return bind
 

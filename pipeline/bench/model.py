@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -40,6 +42,24 @@ def waiting_forward(delay_s: float):  # type: ignore[no-untyped-def]
         return event
 
     return wait_then_forward
+
+
+def batched_bench_catalog(delay_ms: float) -> Mapping[str, StageSpec[Any, Any]]:
+    """The four hops as batched stages on the public API: each call waits ``delay_ms``
+    once for all its events (one bulk remote call) and forwards them."""
+    from pipeline.api import Pipeline
+
+    pipeline = Pipeline("bench")
+    delay_s = delay_ms / 1000
+    for i in range(HOPS):
+
+        async def bulk_forward(events: list[BenchEvent]) -> list[BenchEvent]:
+            if delay_s:
+                await asyncio.sleep(delay_s)
+            return events
+
+        pipeline.stage(source=hop_topic(i), sink=hop_topic(i + 1), name=f"hop{i}")(bulk_forward)
+    return pipeline.stages
 
 
 def bench_catalog(delay_ms: float) -> dict[str, StageSpec[BenchEvent, BenchEvent]]:

@@ -101,9 +101,14 @@ async def run_scenarios(
             pipe = await chain(name, "pipeline", sizes.io_events, delay)
             fast = await chain(name, "faststream", sizes.faststream_io_events, delay)
             eos = await chain(name, "pipeline", sizes.io_events, delay, "exactly_once")
+            batched = await chain(name, "pipeline-batched", sizes.io_events, delay)
             results["io"] = _summary(pipe, None, fast, eos)
+            results["io"]["runs"].append(batched.as_dict())
+            results["io"]["batched_eps"] = round(batched.eps, 1)
+            results["io"]["order_violations"] += batched.order_violations
             if cpu_eps:
                 results["io"]["vs_own_cpu"] = round(pipe.eps / cpu_eps, 3)
+                results["io"]["batched_vs_own_cpu"] = round(batched.eps / cpu_eps, 3)
         elif name == "eos":
             # Exactly-once's cost and footprint: one transactional producer per process
             # against one per input partition, beside at-least-once, at this run's

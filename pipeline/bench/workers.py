@@ -19,7 +19,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.structs import TopicPartition
 
 from pipeline import loop
-from pipeline.bench.model import HOPS, BenchEvent, bench_catalog, hop_topic
+from pipeline.bench.model import (
+    HOPS,
+    BenchEvent,
+    batched_bench_catalog,
+    bench_catalog,
+    hop_topic,
+)
 from pipeline.kafka.connection import stop_consumer
 from pipeline.kafka.topology import Naming
 from pipeline.settings import Settings
@@ -48,11 +54,19 @@ async def _until_signal() -> None:
     await stop.wait()
 
 
-async def run_pipeline_hop(settings: Settings, hop: int, delay_ms: float) -> None:
+async def run_batched_pipeline_hop(settings: Settings, hop: int, delay_ms: float) -> None:
+    """One hop on the stage engine with a batched handler (one wait per call)."""
+    await run_pipeline_hop(settings, hop, delay_ms, batched=True)
+
+
+async def run_pipeline_hop(
+    settings: Settings, hop: int, delay_ms: float, *, batched: bool = False
+) -> None:
     """One hop on the pipeline's own stage engine."""
     from pipeline.app import create_app
 
-    pipeline = create_app(settings, [f"hop{hop}"], http=False, catalog=bench_catalog(delay_ms))
+    catalog = batched_bench_catalog(delay_ms) if batched else bench_catalog(delay_ms)
+    pipeline = create_app(settings, [f"hop{hop}"], http=False, catalog=catalog)
     await pipeline.start()
     engine = pipeline.runtimes[0].engine
     # Readiness probe for the orchestrator only; the engine has no event for it.
@@ -186,7 +200,9 @@ async def run_sink(settings: Settings, expected: int) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of a worker process."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=["pipeline", "raw", "faststream", "sink"])
+    parser.add_argument(
+        "role", choices=["pipeline", "pipeline-batched", "raw", "faststream", "sink"]
+    )
     parser.add_argument("--hop", type=int, default=0)
     parser.add_argument("--delay-ms", type=float, default=0.0)
     parser.add_argument("--expected", type=int, default=0)
@@ -195,6 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings()
     runners: dict[str, Any] = {
         "pipeline": run_pipeline_hop,
+        "pipeline-batched": run_batched_pipeline_hop,
         "raw": run_raw_hop,
         "faststream": run_faststream_hop,
     }

@@ -51,6 +51,7 @@ def bench(
                 "vs_raw",
                 "vs_faststream",
                 "vs_own_cpu",
+                "batched_vs_own_cpu",
                 "eos_eps",
                 "eos_vs_pipeline",
                 "per_partition_vs_pipeline",
