@@ -138,7 +138,7 @@ class Pipeline:
     ) -> Callable[[Any], Coroutine[Any, Any, Any]]:
         """Stage ``stage``'s handler as the runtime calls it — one event in, its result
         out — with its dependencies replaced by ``overrides`` (for tests)."""
-        return self._stages[stage].call(None, overrides)  # type: ignore[arg-type]
+        return self._stages[stage].call(None, overrides)
 
     def topics(self) -> list[str]:
         """Every topic the stages read or write, in declaration order (no duplicates)."""

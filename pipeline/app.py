@@ -25,9 +25,9 @@ from pipeline.runtime.observer import StageObserver
 from pipeline.runtime.ports import RecordSink
 from pipeline.runtime.stage import StageSpec
 from pipeline.runtime.wiring import StageRuntime
-from pipeline.services import Services, simulated_services
 from pipeline.settings import Settings
-from pipeline.stages import ALL_STAGES, checkout_services
+from pipeline.stages import checkout, checkout_services
+from pipeline.stages.services import Services, simulated_services
 from pipeline.telemetry.http import http_routes
 from pipeline.telemetry.metrics import PipelineMetrics, PrometheusObserver
 from pipeline.telemetry.tracing import RecordTracing, tracer_provider_from_env
@@ -64,7 +64,7 @@ def create_app(
     observers: dict[str, StageObserver] | None = None,
     sink_factory: Callable[[KafkaBroker], RecordSink] | None = None,
     http: bool = True,
-    catalog: Mapping[str, StageSpec[Any, Any]] = ALL_STAGES,
+    catalog: Mapping[str, StageSpec[Any, Any]] = checkout.stages,
     tracer_provider: TracerProvider | None = None,
     dependency_overrides: Mapping[Any, Any] | None = None,
 ) -> PipelineApp:

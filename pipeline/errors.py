@@ -4,7 +4,7 @@
 
     PipelineError
     ├── RetryableError        try again later: timeouts, a service's "try later"
-    │   └── ServiceUnavailable
+    │   └── DatabaseUnavailable   the ingress's database does not answer (HTTP 503)
     ├── FatalError            retrying cannot help: the record goes to the dead-letter topic
     │   ├── UndecodableRecord   bytes that are not JSON or do not fit the schema
     │   ├── NoOutput            a handler returned something that is not an output
@@ -28,8 +28,9 @@ class RetryableError(PipelineError):
     """A failure that may go away if the same record is tried again later."""
 
 
-class ServiceUnavailable(RetryableError):
-    """An external service could not answer now."""
+class DatabaseUnavailable(RetryableError):
+    """The ingress's database refused a connection, dropped one or did not answer in
+    time; the API answers 503 and the projection retries the batch."""
 
 
 class FatalError(PipelineError):

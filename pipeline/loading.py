@@ -30,10 +30,10 @@ def load_pipeline(path: str | None) -> LoadedPipeline:
     """The pipeline at ``path`` (``package.module:attribute``; the current directory is
     importable, as with uvicorn), or the checkout flow when ``None``."""
     if path is None:
-        from pipeline.stages import ALL_STAGES
+        from pipeline.stages import checkout
 
         flow = [ORDERS_EVENTS, *(STAGE_TOPICS[name][1] for name in STAGE_NAMES)]
-        return LoadedPipeline("checkout", ALL_STAGES, flow)
+        return LoadedPipeline("checkout", checkout.stages, flow)
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ConfigurationError(f"{path!r} is not module:attribute (e.g. myapp.flows:pipeline)")

@@ -9,7 +9,6 @@ from typing import Any
 from pydantic import BaseModel
 
 from pipeline.runtime.stage import StageSpec
-from pipeline.services import Services
 
 HOPS = 4
 PAYLOAD = "x" * 200  # with the other fields, about 300 bytes of JSON like an order
@@ -29,7 +28,7 @@ class BenchEvent(BaseModel):
     payload: str = PAYLOAD
 
 
-async def forward(event: BenchEvent, services: Services) -> BenchEvent:
+async def forward(event: BenchEvent, services: Any) -> BenchEvent:
     """A trivial handler: the event goes on unchanged."""
     return event
 
@@ -37,7 +36,7 @@ async def forward(event: BenchEvent, services: Services) -> BenchEvent:
 def waiting_forward(delay_s: float):  # type: ignore[no-untyped-def]
     """A handler that waits ``delay_s`` (a stand-in for a remote call) and forwards."""
 
-    async def wait_then_forward(event: BenchEvent, services: Services) -> BenchEvent:
+    async def wait_then_forward(event: BenchEvent, services: Any) -> BenchEvent:
         await asyncio.sleep(delay_s)
         return event
 

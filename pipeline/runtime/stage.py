@@ -1,8 +1,9 @@
 """A stage as the user declares it: a name, its topics, its input model and a handler.
 
-The handler is business logic only: it takes one decoded event and the injected
-:class:`~pipeline.services.Services` and returns the event for the next topic. Ordering,
-retries, dead letters, commits and telemetry are the runtime's business.
+The handler is business logic only: it takes one decoded event and what the app injects
+(the checkout's :class:`~pipeline.stages.services.Services`) and returns the event for
+the next topic. Ordering, retries, dead letters, commits and telemetry are the
+runtime's business.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ from pydantic import BaseModel, TypeAdapter
 
 from pipeline.failures.classify import ErrorPolicy, default_error_policy
 from pipeline.kafka.topology import dead_letter_topic
-from pipeline.services import Services
 from pipeline.settings import StageSettings
 
 In = TypeVar("In")
 Out = TypeVar("Out", bound=BaseModel)
 
-Handler = Callable[[In, Services], Coroutine[Any, Any, Out]]
+Handler = Callable[[In, Any], Coroutine[Any, Any, Out]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,7 @@ class StageSpec(Generic[In, Out]):
         return settings.model_copy(update=dict(self.tuning)) if self.tuning else settings
 
     def call(
-        self, services: Services, overrides: Mapping[Any, Any] | None = None
+        self, services: Any, overrides: Mapping[Any, Any] | None = None
     ) -> Callable[[In], Coroutine[Any, Any, Any]]:
         """The handler as the engine calls it: one event in, its result out."""
         if self.bind is not None:

@@ -26,7 +26,6 @@ from pipeline.runtime.dedupe import RecentIds
 from pipeline.runtime.observer import StageObserver
 from pipeline.runtime.ports import ConsumerPort, RecordSink, Transactions
 from pipeline.runtime.stage import StageSpec
-from pipeline.services import Services
 from pipeline.settings import KafkaSettings, StageSettings
 from pipeline.telemetry.tracing import RecordTracing
 
@@ -39,7 +38,7 @@ class EngineState:
     def __init__(
         self,
         spec: StageSpec[Any, Any],
-        services: Services,
+        services: Any,
         settings: StageSettings,
         sink: RecordSink,
         observer: StageObserver,

@@ -32,7 +32,6 @@ from pipeline.runtime.ports import RecordSink
 from pipeline.runtime.process_transactions import ProcessTransactions, transaction_scheme
 from pipeline.runtime.stage import StageSpec
 from pipeline.runtime.transactions import PartitionTransactions
-from pipeline.services import Services
 from pipeline.settings import KafkaSettings, StageSettings
 from pipeline.telemetry.tracing import RecordTracing
 
@@ -105,7 +104,7 @@ class StageRuntime:
         spec: StageSpec[Any, Any],
         kafka: KafkaSettings,
         settings: StageSettings,
-        services: Services,
+        services: Any,
         observer: StageObserver | None = None,
         sink: RecordSink | None = None,
         naming: Naming | None = None,

@@ -8,13 +8,12 @@ which every app built by :func:`pipeline.app.create_app` overrides with its own
 
 from __future__ import annotations
 
-from pipeline.api import Pipeline
-from pipeline.errors import ConfigurationError
-from pipeline.services import Services
+from pipeline import Pipeline
+from pipeline.stages.services import Services
 
 checkout = Pipeline("checkout", description="An online store's checkout.")
 
 
 def checkout_services() -> Services:
     """The inventory and payment services (the app provides them)."""
-    raise ConfigurationError("the checkout's services are provided by the app (create_app)")
+    raise RuntimeError("the checkout's services are provided by the app (create_app)")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pipeline.api import Depends
-from pipeline.kafka.topology import ORDERS_FULFILLED, ORDERS_PAID
-from pipeline.services import Services
+from pipeline import Depends
 from pipeline.stages.flow import checkout, checkout_services
+from pipeline.stages.services import Services
 from schemas import OrderProgress, OrderStatus
 
 
 @checkout.stage(
-    source=ORDERS_PAID,
-    sink=ORDERS_FULFILLED,
+    source="orders.paid",
+    sink="orders.fulfilled",
     identify=lambda order: order.event.event_id,
     description="Invoices and ships paid orders.",
 )

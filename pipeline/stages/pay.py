@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pipeline.api import Depends
-from pipeline.kafka.topology import ORDERS_PAID, ORDERS_RESERVED
-from pipeline.services import Services
+from pipeline import Depends
 from pipeline.stages.flow import checkout, checkout_services
+from pipeline.stages.services import Services
 from schemas import OrderCancelled, OrderProgress, OrderStatus
 
 
 @checkout.stage(
-    source=ORDERS_RESERVED,
-    sink=ORDERS_PAID,
+    source="orders.reserved",
+    sink="orders.paid",
     identify=lambda order: order.event.event_id,
     description="Charges customers through the payment gateway.",
 )

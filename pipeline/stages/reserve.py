@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pipeline.api import Depends
-from pipeline.kafka.topology import ORDERS_RESERVED, ORDERS_VALIDATED
-from pipeline.services import Services
+from pipeline import Depends
 from pipeline.stages.flow import checkout, checkout_services
+from pipeline.stages.services import Services
 from schemas import OrderCancelled, OrderProgress, OrderStatus
 
 
 @checkout.stage(
-    source=ORDERS_VALIDATED,
-    sink=ORDERS_RESERVED,
+    source="orders.validated",
+    sink="orders.reserved",
     identify=lambda order: order.event.event_id,
     description="Holds stock through the inventory service.",
 )

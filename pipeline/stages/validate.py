@@ -6,10 +6,9 @@ are business rules, whose failures are outcomes (``rejected``) that flow on.
 
 from __future__ import annotations
 
-from pipeline.api import Depends
-from pipeline.kafka.topology import ORDERS_EVENTS, ORDERS_VALIDATED
-from pipeline.services import Services
+from pipeline import Depends
 from pipeline.stages.flow import checkout, checkout_services
+from pipeline.stages.services import Services
 from schemas import OrderCancelled, OrderEvent, OrderProgress, OrderStatus, order_total_cents
 
 MAX_ORDER_TOTAL_CENTS = 5_000_000
@@ -17,8 +16,8 @@ ACCEPTED_CURRENCIES = frozenset({"EUR", "USD", "GBP"})
 
 
 @checkout.stage(
-    source=ORDERS_EVENTS,
-    sink=ORDERS_VALIDATED,
+    source="orders.events",
+    sink="orders.validated",
     identify=lambda event: event.event_id,
     description="Checks order events against the store's rules.",
 )

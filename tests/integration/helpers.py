@@ -13,8 +13,8 @@ from pipeline.app import PipelineApp, create_app
 from pipeline.kafka.lag import wait_until_drained
 from pipeline.kafka.produce import produce_records
 from pipeline.kafka.topology import ORDERS_EVENTS, STAGE_NAMES, Naming
-from pipeline.services import Services
 from pipeline.settings import Settings
+from pipeline.stages.services import Services
 from pipeline.verify import VerifyReport, verify
 from pipeline.workload import WorkloadRecord, generate
 

@@ -9,8 +9,8 @@ import subprocess
 from pipeline.failures import provenance
 from pipeline.kafka.admin import apply_topics
 from pipeline.kafka.topology import Naming, pipeline_topics
-from pipeline.services import Services, simulated_services
 from pipeline.settings import Settings
+from pipeline.stages.services import Services, simulated_services
 from tests.integration.helpers import (
     PIPELINE_BIN,
     drain_and_verify,

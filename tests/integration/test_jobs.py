@@ -15,8 +15,8 @@ from pipeline.failures.dead_letters import DeadLetterFilter, list_dead_letters
 from pipeline.kafka.admin import apply_topics
 from pipeline.kafka.topology import Naming, pipeline_topics
 from pipeline.schedule import Job, create_schedule, running_schedule
-from pipeline.services import Services, simulated_services
 from pipeline.settings import ScheduleSettings, Settings
+from pipeline.stages.services import Services, simulated_services
 from pipeline.workload import invalid_records
 from tests.integration.helpers import drain_and_verify, produce, produce_orders, running
 from tests.integration.test_retry_ladder import BrokenPayment

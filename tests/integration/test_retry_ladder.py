@@ -10,13 +10,18 @@ from typing import Any
 
 import orjson
 
-from pipeline.errors import ServiceUnavailable
 from pipeline.failures import provenance
 from pipeline.failures.ladder import RETRY_DUE_AT_MS, RETRY_LEVEL
 from pipeline.kafka.admin import apply_topics
 from pipeline.kafka.topology import ORDERS_RESERVED, Naming, pipeline_topics
-from pipeline.services import Reservation, Services, SimulatedPayment, simulated_services
 from pipeline.settings import Settings
+from pipeline.stages.services import (
+    Reservation,
+    Services,
+    ServiceUnavailable,
+    SimulatedPayment,
+    simulated_services,
+)
 from pipeline.verify import read_topic
 from pipeline.workload import WorkloadRecord, order_lifecycle
 from schemas import LineItem

@@ -15,8 +15,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pipeline.app import PipelineApp, create_app
 from pipeline.kafka.admin import apply_topics
 from pipeline.kafka.topology import STAGE_NAMES, Naming, pipeline_topics
-from pipeline.services import Services, SimulatedPayment
 from pipeline.settings import Settings
+from pipeline.stages.services import Services, SimulatedPayment
 from pipeline.workload import WorkloadRecord, order_lifecycle
 from tests.integration.helpers import drain_and_verify, produce
 from tests.integration.test_retry_ladder import FlakyInventory

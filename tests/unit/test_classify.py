@@ -13,10 +13,10 @@ from pipeline.errors import (
     FatalError,
     PipelineError,
     RetryableError,
-    ServiceUnavailable,
     UndecodableRecord,
 )
 from pipeline.failures.classify import Verdict, default_error_policy
+from pipeline.stages.services import ServiceUnavailable
 
 pytestmark = pytest.mark.unit
 

@@ -15,13 +15,13 @@ import pytest
 from aiokafka.structs import TopicPartition
 from pydantic import BaseModel
 
-from pipeline.errors import ServiceUnavailable
 from pipeline.kafka.topology import Naming
 from pipeline.runtime.core.ledger import StageLedger
 from pipeline.runtime.engine import StageEngine
 from pipeline.runtime.observer import NullObserver
 from pipeline.runtime.stage import StageSpec
 from pipeline.settings import StageSettings
+from pipeline.stages.services import ServiceUnavailable
 from tests.unit.records import consumer_record
 
 pytestmark = pytest.mark.unit

@@ -103,13 +103,14 @@ def test_commit_candidate_is_none_while_the_first_record_is_unfinished() -> None
     assert offsets.commit_candidate() is None
 
 
-def test_commit_candidate_never_proposes_an_offset_below_the_committed_one() -> None:
+def test_a_record_below_the_committed_offset_is_not_taken() -> None:
+    # fetched from an older position than a previous owner's last commit: done already
     offsets = PartitionOffsets(committed_offset=100)
-    offsets.track(5)
-    offsets.finish(5)
 
-    assert offsets.safe_offset == 6
+    assert not offsets.track(5)
+    assert offsets.unfinished == 0
     assert offsets.commit_candidate() is None
+    assert offsets.track(100)
 
 
 def test_marking_a_lower_commit_raises_and_keeps_the_committed_offset() -> None:

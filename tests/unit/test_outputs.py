@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from pipeline.errors import NoOutput, ServiceUnavailable
+from pipeline.errors import NoOutput
 from pipeline.failures.holds import Hold
 from pipeline.failures.ladder import RETRY_DUE_AT_MS, RETRY_LEVEL
 from pipeline.kafka.topology import Naming
@@ -19,6 +19,7 @@ from pipeline.runtime.observer import NullObserver
 from pipeline.runtime.outputs import Output, as_records
 from pipeline.runtime.stage import StageSpec
 from pipeline.settings import StageSettings
+from pipeline.stages.services import ServiceUnavailable
 from tests.unit.records import consumer_record
 from tests.unit.test_engine_accounting import AckingSink, Event, record
 

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from aiokafka.structs import ConsumerRecord
 
-from pipeline.errors import ServiceUnavailable
 from pipeline.failures import provenance
 from pipeline.failures.provenance import Failure, failure_headers
+from pipeline.stages.services import ServiceUnavailable
 from tests.unit.records import consumer_record
 
 pytestmark = pytest.mark.unit
@@ -70,7 +70,7 @@ def test_failure_headers_name_stage_origin_and_error() -> None:
     assert headers[provenance.ORIGIN_OFFSET] == b"42"
     assert headers[provenance.ORIGIN_TIMESTAMP] == b"1767268800000"
     assert headers[provenance.ORIGIN_KEY] == b"ord-1"
-    assert headers[provenance.ERROR_TYPE] == b"pipeline.errors.ServiceUnavailable"
+    assert headers[provenance.ERROR_TYPE] == b"pipeline.stages.services.ServiceUnavailable"
     assert headers[provenance.ERROR_MESSAGE] == b"inventory down"
     assert headers[provenance.FIRST_FAILURE_AT] == FIRST.isoformat().encode()
     assert headers[provenance.LAST_FAILURE_AT] == LATER.isoformat().encode()

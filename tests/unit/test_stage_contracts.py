@@ -15,8 +15,8 @@ from faststream.kafka.annotations import KafkaMessage
 from pipeline.app import PipelineApp, create_app
 from pipeline.failures import provenance
 from pipeline.kafka.topology import STAGE_TOPICS
-from pipeline.services import PaymentResult, Reservation, Services
 from pipeline.settings import Settings
+from pipeline.stages.services import PaymentResult, Reservation, Services
 from pipeline.testing import BrokerSink
 from schemas import LineItem, OrderCancelled, OrderPlaced, OrderProgress, OrderStatus
 

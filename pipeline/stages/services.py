@@ -1,9 +1,10 @@
-"""The external services the stages call, as interfaces, with in-process defaults.
+"""The external services the checkout's stages call, as interfaces, with in-process
+defaults.
 
 The defaults decide business outcomes (out of stock, declined) from the order id, so a
 retried or replayed event gets the same answer; transient failures are random and
-controlled by :class:`~pipeline.settings.ServiceSettings` so load and fault tests can
-drive them.
+controlled by a :class:`Simulation` (the app passes ``PIPELINE_SERVICES_*``) so load
+and fault tests can drive them.
 """
 
 from __future__ import annotations
@@ -14,9 +15,41 @@ import random
 from dataclasses import dataclass
 from typing import Protocol
 
-from pipeline.errors import ServiceUnavailable
-from pipeline.settings import ServiceSettings
+from pipeline import RetryableError
 from schemas import LineItem
+
+
+class ServiceUnavailable(RetryableError):
+    """A service did not answer this time; the runtime retries the event."""
+
+
+class Simulation(Protocol):
+    """How the in-process services behave."""
+
+    @property
+    def latency_ms(self) -> float:
+        """Each call's latency."""
+        ...
+
+    @property
+    def transient_failure_rate(self) -> float:
+        """The share of calls that fail with :class:`ServiceUnavailable`."""
+        ...
+
+    @property
+    def decline_rate(self) -> float:
+        """The share of orders whose charge is declined."""
+        ...
+
+    @property
+    def out_of_stock_rate(self) -> float:
+        """The share of orders out of stock."""
+        ...
+
+    @property
+    def seed(self) -> int | None:
+        """Seed of the transient failures."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +109,7 @@ def _fraction(*parts: str) -> float:
 class _Simulated:
     """Latency and transient failures shared by the in-process services."""
 
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(self, settings: Simulation) -> None:
         self._latency_s = settings.latency_ms / 1000
         self._failure_rate = settings.transient_failure_rate
         self._random = random.Random(settings.seed)
@@ -120,6 +153,6 @@ class SimulatedPayment(_Simulated):
         await self._call("payment")
 
 
-def simulated_services(settings: ServiceSettings) -> Services:
+def simulated_services(settings: Simulation) -> Services:
     """The in-process defaults, configured from settings."""
     return Services(inventory=SimulatedInventory(settings), payment=SimulatedPayment(settings))

@@ -1,0 +1,77 @@
+"""The examples are written on the public API only: the bundled checkout flow
+(``pipeline/stages/``) and the guide's pipeline import nothing from the package but the
+names in ``pipeline.__all__`` (besides their own modules, the event models and the
+standard library). If an example needs more, the public API is missing something."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+import pipeline
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).parents[2]
+CHECKOUT = sorted((ROOT / "pipeline" / "stages").glob("*.py"))
+ALLOWED = {"schemas", "pydantic", "__future__", *sys.stdlib_module_names}
+
+
+def guide_code() -> str:
+    [code] = re.findall(
+        r"```python sensors\.py\n(.*?)```", (ROOT / "docs/guide.md").read_text(), re.S
+    )
+    return code
+
+
+def imports(source: str) -> list[tuple[str, list[str]]]:
+    """``(module, names)`` of every import in ``source``."""
+    found: list[tuple[str, list[str]]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module is not None:
+            found.append((node.module, [alias.name for alias in node.names]))
+    return found
+
+
+def outside_the_public_api(source: str, own: str) -> list[str]:
+    wrong = []
+    for module, names in imports(source):
+        top = module.split(".")[0]
+        if module == "pipeline":
+            wrong += [f"pipeline.{n}" for n in names if n not in pipeline.__all__]
+        elif module == own or module.startswith(own + "."):
+            continue
+        elif top == "pipeline" or top not in ALLOWED:
+            wrong.append(module)
+    return wrong
+
+
+@pytest.mark.parametrize("path", CHECKOUT, ids=lambda p: p.name)
+def test_the_checkout_uses_only_public_names(path: Path) -> None:
+    assert outside_the_public_api(path.read_text(), own="pipeline.stages") == []
+
+
+def test_the_guides_pipeline_uses_only_public_names() -> None:
+    assert outside_the_public_api(guide_code(), own="sensors") == []
+
+
+def test_the_check_catches_a_private_import() -> None:
+    source = (
+        "from pipeline import Pipeline, Output\n"
+        "from pipeline.runtime.engine import StageEngine\n"
+        "from pipeline import api\n"
+    )
+    assert outside_the_public_api(source, own="x") == ["pipeline.runtime.engine", "pipeline.api"]
+
+
+def test_the_checkouts_topics_are_the_ones_the_runtime_serves() -> None:
+    from pipeline.kafka.topology import STAGE_TOPICS
+    from pipeline.stages import checkout
+
+    assert {name: (s.source, s.sink) for name, s in checkout.stages.items()} == STAGE_TOPICS
