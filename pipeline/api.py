@@ -23,7 +23,7 @@ import asyncio
 import inspect
 import typing
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import fast_depends
 from fast_depends import Provider, inject
@@ -46,6 +46,7 @@ _TUNABLE = {
     "retry_delays_s",
     "in_process_attempts",
     "ordering",
+    "on_dead_letter",
     "processing_guarantee",
     "dedupe_window",
 }
@@ -90,6 +91,7 @@ class Pipeline:
         retry_delays_s: Sequence[float] | None = None,
         in_process_attempts: int | None = None,
         max_batch_size: int = 500,
+        on_dead_letter: Literal["release", "hold"] | None = None,
     ) -> Callable[[HandlerT], HandlerT]:
         """Declare the decorated handler as a stage reading ``source``.
 
@@ -99,6 +101,8 @@ class Pipeline:
         ``guarantee``, ``max_in_flight``, ``retry_delays_s`` and ``in_process_attempts``
         set this stage's defaults over the ``PIPELINE_STAGE_*`` ones. A batched handler
         (``list[Model]`` in) gets at most ``max_batch_size`` events per call.
+        ``on_dead_letter="hold"`` parks a key's later events behind its dead letter until
+        an operator replays or discards it (``pipeline dlq``).
         """
         if max_batch_size < 1:
             raise ConfigurationError("max_batch_size must be at least 1")
@@ -113,6 +117,7 @@ class Pipeline:
                 "retry_delays_s": list(retry_delays_s) if retry_delays_s is not None else None,
                 "in_process_attempts": in_process_attempts,
                 "processing_guarantee": guarantee,
+                "on_dead_letter": on_dead_letter,
             }
             self._stages[stage_name] = StageSpec(
                 name=stage_name,

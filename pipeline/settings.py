@@ -138,7 +138,12 @@ class StageSettings(BaseSettings):
     in_process_attempts: int = Field(default=3, ge=1)
     retry_delays_s: list[float] = Field(default_factory=lambda: [1.0, 10.0, 60.0])
     ordering: Literal["key", "none"] = "key"
-    on_dead_letter: Literal["release"] = "release"
+    on_dead_letter: Literal["release", "hold"] = Field(
+        default="release",
+        description="When a key's event is dead-lettered: release (its later events go "
+        "on) or hold (they are parked in <stage>.parked until an operator replays or "
+        "discards the dead letter; needs ordering=key).",
+    )
     processing_guarantee: Guarantee = Field(
         default="at_least_once",
         validation_alias=AliasChoices(

@@ -24,6 +24,8 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.failures import provenance
+from pipeline.failures.holds import parked_keys
+from pipeline.failures.parked import hold_of
 from pipeline.kafka.admin import topic_partitions
 from pipeline.kafka.connection import client_options, stop_consumer
 from pipeline.kafka.topology import ORDERS_EVENTS, ORDERS_FULFILLED, STAGE_NAMES, Naming
@@ -38,6 +40,8 @@ class VerifyReport:
     fulfilled: int = 0
     dead_lettered: int = 0
     replayed: int = 0
+    parked: int = 0
+    """Events parked behind a held key's dead letter, not released yet (not lost)."""
     lost: int = 0
     duplicated: int = 0
     out_of_order: int = 0
@@ -131,18 +135,22 @@ def check(
     fulfilled: Iterable[ConsumerRecord],
     dead_letters: Iterable[ConsumerRecord],
     replayed: Iterable[ConsumerRecord] = (),
+    parked: Iterable[ConsumerRecord] = (),
 ) -> VerifyReport:
     """Check the invariants over already-read records (pure; tests feed it directly).
 
     ``replayed`` are dead letters an operator sent back: they are accounted where their
-    replay ended, and, being late by design, left out of the order check.
+    replay ended, and, being late by design, left out of the order check. ``parked``
+    are events of held keys still waiting for their release: accounted there, unless
+    they were released already (then they are where the release took them).
     """
     report = VerifyReport()
     late = {_dead_letter_id(record) for record in replayed}
     report.replayed = len(late)
     known: set[str] = set()
     for record in inputs:
-        known.add(_input_id(record)[0])
+        if not any(name == provenance.RELEASE_DISCARD for name, _ in record.headers or ()):
+            known.add(_input_id(record)[0])  # a discard marker is no event
     report.events = len(known)
     seen: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
@@ -170,6 +178,11 @@ def check(
         stage = headers.get(provenance.STAGE, b"?").decode()
         kind = headers.get(provenance.ERROR_TYPE, b"?").decode().rsplit(".", 1)[-1]
         reasons[f"{stage}: {kind}"] += 1
+    for record in parked:
+        event_id = _dead_letter_id(record)
+        if not seen.get(event_id):
+            seen[event_id] = 1
+            report.parked += 1
     for event_id in known:
         if not seen.get(event_id):
             report.lost += 1
@@ -206,4 +219,16 @@ async def verify(settings: KafkaSettings, naming: Naming | None = None) -> Verif
         for record in records:
             position = f"{record.partition}/{record.offset}".encode()
             (replayed if position in sent_back else waiting).append(record)
-    return check(inputs, fulfilled, waiting, replayed)
+    return check(inputs, fulfilled, waiting, replayed, await _still_parked(settings, naming))
+
+
+async def _still_parked(settings: KafkaSettings, naming: Naming) -> list[ConsumerRecord]:
+    """The parked events of keys still held (each stage's journal says which)."""
+    waiting: list[ConsumerRecord] = []
+    for stage in STAGE_NAMES:
+        holds = parked_keys(await read_topic(settings, naming.holds(stage)))
+        current = {hold.head for hold in holds.values()}
+        if current:
+            parked = await read_topic(settings, naming.parked(stage))
+            waiting += [record for record in parked if hold_of(record) in current]
+    return waiting

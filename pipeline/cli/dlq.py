@@ -13,7 +13,9 @@ from rich.table import Table
 from pipeline.failures.dead_letters import (
     DeadLetter,
     DeadLetterFilter,
+    HeldKey,
     discard,
+    held_keys,
     list_dead_letters,
     parse_when,
     replay,
@@ -92,6 +94,37 @@ def list_command(
             letter.action or "",
         )
     console.print(table)
+    held = asyncio.run(_held(stage))
+    if held:
+        console.print(_held_table(held))
+
+
+async def _held(stage: list[str] | None) -> list[HeldKey]:
+    settings = load_settings()
+    return await held_keys(settings.kafka, Naming.of(settings.topics), stage or STAGE_NAMES)
+
+
+def _held_table(held: list[HeldKey]) -> Table:
+    table = Table(title=f"{len(held)} held keys (their later events parked)")
+    for column in ("stage", "key", "state", "parked", "since", "hold"):
+        table.add_column(column)
+    for key in held:
+        since = key.since.isoformat() if key.since else ""
+        table.add_row(key.stage, key.key, key.state, str(key.parked), since, key.hold)
+    return table
+
+
+@dlq_app.command("held")
+def held_command(
+    stage: StageOption = None, json_output: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """Keys held behind a dead letter (on_dead_letter=hold) and how many events each has
+    parked; replay or discard the dead letter to release them."""
+    held = asyncio.run(_held(stage))
+    if json_output:
+        typer.echo(json.dumps([key.as_dict() for key in held]))
+        return
+    console.print(_held_table(held))
 
 
 @dlq_app.command()

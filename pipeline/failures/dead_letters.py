@@ -18,6 +18,8 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from pipeline.failures import provenance
+from pipeline.failures.holds import parked_keys
+from pipeline.failures.parked import parked_per_hold
 from pipeline.kafka.connection import client_options
 from pipeline.kafka.topology import STAGE_NAMES, Naming
 from pipeline.settings import KafkaSettings
@@ -53,6 +55,11 @@ class DeadLetter:
         return f"{self.partition}/{self.offset}"
 
     @property
+    def hold(self) -> str | None:
+        """The hold this dead letter keeps its key in (``on_dead_letter="hold"``)."""
+        return self.headers.get(provenance.HOLD)
+
+    @property
     def error_type(self) -> str:
         """The short name of the exception that dead-lettered it."""
         return self.headers.get(provenance.ERROR_TYPE, "?").rsplit(".", 1)[-1]
@@ -68,6 +75,7 @@ class DeadLetter:
             "timestamp": datetime.fromtimestamp(self.timestamp_ms / 1000, UTC).isoformat(),
             "error_type": self.error_type,
             "action": self.action,
+            "hold": self.hold,
             "headers": self.headers,
             "value": self.value.decode(errors="replace"),
         }
@@ -165,6 +173,8 @@ async def replay(
                 (REPLAY_OF, f"{naming.dead_letter(letter.stage)}/{letter.position}".encode()),
                 (provenance.REPLAYED_AT, replayed_at),
             ]
+            if letter.hold is not None:  # its key's parked events follow it once it succeeds
+                headers.append((provenance.RELEASE_OF, letter.hold.encode()))
             await producer.send_and_wait(origin, letter.value, key=letter.key, headers=headers)
         # The audit entry goes last: a crash in between replays again, never loses one.
         await _record_actions(producer, naming, todo, REPLAYED)
@@ -176,17 +186,79 @@ async def replay(
 async def discard(
     settings: KafkaSettings, naming: Naming, letters: list[DeadLetter]
 ) -> list[DeadLetter]:
-    """Mark ``letters`` as dealt with, without replaying them."""
+    """Mark ``letters`` as dealt with, without replaying them; the parked events of a
+    held key go on (a release marker to the stage's input, keyed like them)."""
     todo = [letter for letter in letters if letter.action is None]
     if not todo:
         return []
-    producer = AIOKafkaProducer(**client_options(settings))
+    producer = AIOKafkaProducer(**client_options(settings), enable_idempotence=True)
     await producer.start()
     try:
+        for letter in todo:
+            if letter.hold is None:
+                continue
+            origin = letter.headers.get(provenance.ORIGIN_TOPIC) or naming.source(letter.stage)
+            marker = [
+                (provenance.RELEASE_OF, letter.hold.encode()),
+                (provenance.RELEASE_DISCARD, b"1"),
+            ]
+            await producer.send_and_wait(origin, b"", key=letter.key, headers=marker)
         await _record_actions(producer, naming, todo, DISCARDED)
     finally:
         await producer.stop()
     return todo
+
+
+@dataclass(frozen=True, slots=True)
+class HeldKey:
+    """A key parked behind its dead letter (``on_dead_letter="hold"``)."""
+
+    stage: str
+    key: str
+    hold: str
+    state: str
+    """``parked`` (waiting for the operator) or ``releasing``."""
+    parked: int
+    since: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view."""
+        return {
+            "stage": self.stage,
+            "key": self.key,
+            "hold": self.hold,
+            "state": self.state,
+            "parked": self.parked,
+            "since": self.since.isoformat() if self.since else None,
+        }
+
+
+async def held_keys(
+    settings: KafkaSettings, naming: Naming, stages: Iterable[str]
+) -> list[HeldKey]:
+    """The keys held behind dead letters, with how many events each has parked."""
+    held: list[HeldKey] = []
+    for stage in stages:
+        current = parked_keys(await read_topic(settings, naming.holds(stage)))
+        if not current:
+            continue
+        counts, _ = parked_per_hold(
+            await read_topic(settings, naming.parked(stage)),
+            {hold.head for hold in current.values()},
+        )
+        for key, hold in sorted(current.items()):
+            since = datetime.fromtimestamp(hold.since_ms / 1000, UTC) if hold.since_ms else None
+            held.append(
+                HeldKey(
+                    stage,
+                    key.decode(errors="replace"),
+                    hold.head,
+                    hold.level,
+                    counts[hold.head] - hold.released,
+                    since,
+                )
+            )
+    return held
 
 
 def parse_when(text: str | None) -> datetime | None:

@@ -9,34 +9,75 @@ anything.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
+from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from pipeline.kafka.connection import client_options, stop_consumer
 from pipeline.settings import KafkaSettings
 
+PARKED = "parked"
+"""A key held behind its dead letter: its later events are parked."""
+RELEASING = "releasing"
+"""A parked key whose dead letter was replayed (or discarded): its parked events are
+being processed, in order, before anything newer of the key."""
+
 
 @dataclass(frozen=True, slots=True)
 class Hold:
-    """A key held at ``level`` (a retry rung, or ``dlq`` when diverted)."""
+    """A key held at ``level``: a retry rung, :data:`PARKED` or :data:`RELEASING`."""
 
     level: str
     head: str
-    """Where the record the key waits for sits, as ``topic/partition/offset`` of origin."""
+    """Where the record the key waits for sits, as ``topic/partition/offset`` of origin
+    (for a parked key: the hold's id, carried by its dead letter and parked events)."""
+    released: int = 0
+    """:data:`RELEASING`: how many of the parked events are processed already."""
+    since_ms: int = 0
+    """When the key was parked (epoch ms; 0 when not parked)."""
+
+    @property
+    def parked(self) -> bool:
+        """Whether the key's new events are parked (not queued in memory)."""
+        return self.level == PARKED
 
 
 def encode_hold(hold: Hold) -> bytes:
     """The journal value of a hold."""
-    return orjson.dumps({"level": hold.level, "head": hold.head})
+    fields: dict[str, object] = {"level": hold.level, "head": hold.head}
+    if hold.released:
+        fields["released"] = hold.released
+    if hold.since_ms:
+        fields["since_ms"] = hold.since_ms
+    return orjson.dumps(fields)
 
 
 def decode_hold(value: bytes) -> Hold:
     """A hold from its journal value."""
     fields = orjson.loads(value)
-    return Hold(level=str(fields["level"]), head=str(fields["head"]))
+    return Hold(
+        level=str(fields["level"]),
+        head=str(fields["head"]),
+        released=int(fields.get("released", 0)),
+        since_ms=int(fields.get("since_ms", 0)),
+    )
+
+
+def parked_keys(journal: Iterable[ConsumerRecord]) -> dict[bytes, Hold]:
+    """The keys a journal (read in full) holds behind dead letters, parked or releasing:
+    the last value per key wins, a tombstone releases."""
+    holds: dict[bytes, Hold] = {}
+    for record in journal:
+        if record.key is None:
+            continue
+        if record.value is None:
+            holds.pop(record.key, None)
+        else:
+            holds[record.key] = decode_hold(record.value)
+    return {key: hold for key, hold in holds.items() if hold.level in (PARKED, RELEASING)}
 
 
 async def load_holds(

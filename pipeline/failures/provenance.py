@@ -27,6 +27,13 @@ LAST_FAILURE_AT = "pipeline.failure.last_at"
 REPLAYED_AT = "pipeline.replay.at"
 REPLAY_OF = "pipeline.replay.of"
 EVENT_ID = "pipeline.event.id"
+HOLD = "pipeline.hold"
+"""On a dead letter that holds its key, and on the key's parked events: the hold's id."""
+RELEASE_OF = "pipeline.release.of"
+"""On a replayed dead letter or a discard marker: the hold it releases."""
+RELEASE_DISCARD = "pipeline.release.discard"
+"""On a discard marker: release the parked events without the dead letter."""
+PARKED_AT = "pipeline.parked.at"
 """On a stage's outputs and dead letters: the stage's ``identify`` of the input, so a
 stage restarted after a crash recognises, from its output tails, the inputs whose
 outputs already exist, whatever the outputs look like."""

@@ -48,6 +48,12 @@ def holds_topic(stage: str) -> str:
     return f"{stage}.holds"
 
 
+def parked_topic(stage: str) -> str:
+    """Name of the topic holding the stage's parked events (later events of a key held
+    behind its dead letter)."""
+    return f"{stage}.parked"
+
+
 def dead_letter_actions_topic(stage: str) -> str:
     """The stage's compacted log of operator actions on its dead letters."""
     return f"{stage}.dlq.actions"
@@ -98,6 +104,10 @@ class Naming:
         """The stage's holds journal."""
         return self.topic(holds_topic(stage))
 
+    def parked(self, stage: str) -> str:
+        """The stage's parked events."""
+        return self.topic(parked_topic(stage))
+
 
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
@@ -115,7 +125,7 @@ def pipeline_topics(
     stages: Sequence[str] | None = None,
 ) -> list[TopicSpec]:
     """Every topic a pipeline reads or writes: its ``flow`` topics (the ones its stages
-    read and write) and each of its ``stages``' retry, holds, dead-letter and
+    read and write) and each of its ``stages``' retry, holds, dead-letter, parked and
     dead-letter-actions topics. ``None``: the checkout flow's."""
     stage_names = STAGE_NAMES if stages is None else tuple(stages)
 
@@ -174,5 +184,6 @@ def pipeline_topics(
         + ladder
         + holds
         + [topic(dead_letter_topic(stage), settings.dlq_retention_ms) for stage in stage_names]
+        + [topic(parked_topic(stage), settings.dlq_retention_ms) for stage in stage_names]
         + [jobs]
     )

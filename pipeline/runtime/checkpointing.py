@@ -89,6 +89,7 @@ class Checkpointing(EngineState):
         if not offsets:
             return
         mark_committed(chosen, offsets)
+        self._commits.set()  # a release waits for its trigger's commit
         self._observer.committed(offsets)
         if self._consumer is not None:
             for tp, offset in offsets.items():
@@ -162,6 +163,7 @@ class Checkpointing(EngineState):
         try:
             floors = await self._settle(partitions)
             self._ledger.assign(partitions, floors)
+            self._resume_releases()
         except Exception as exc:  # nothing of theirs may run without its state
             self.fail(exc)
             return
@@ -180,8 +182,8 @@ class Checkpointing(EngineState):
             fresh = [n for n in numbers if n not in known]
             for lane, hold in (await load_holds(self._kafka, self.holds_topic, fresh)).items():
                 ledger.holds[lane] = hold
-                if not ledger.lanes.busy(lane):
-                    ledger.lanes.admit(lane, None)
+                if not hold.parked and not ledger.lanes.busy(lane):
+                    ledger.lanes.admit(lane, None)  # parked keys park, the others wait
         if self._recent is not None and self._kafka is not None:
             tails = [
                 TopicPartition(topic, n)
@@ -193,10 +195,17 @@ class Checkpointing(EngineState):
                 self._recent.add(event_id)
         return floors
 
+    def _resume_releases(self) -> None:
+        """Releases a previous owner left under way go on (parked events still to process,
+        from the journal's progress). Part of the parking paths; nothing to resume here."""
+
     async def revoked(self, partitions: set[TopicPartition], timeout_s: float) -> None:
         """Give ``partitions`` back: drain them within ``timeout_s``, commit, forget them."""
         self._settled.clear()
         self._ledger.disown(partitions)
+        numbers = {tp.partition for tp in partitions if tp.topic == self.source_topic}
+        for lane in [lane for lane in self._releases if lane[0] in numbers]:
+            self._releases.pop(lane).cancel()  # the next owner resumes it from the journal
         for tp in partitions:
             timer = self._resume_timers.pop(tp, None)
             if timer is not None:

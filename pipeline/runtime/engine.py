@@ -31,15 +31,21 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from pipeline.errors import NoOutput, UndecodableRecord
 from pipeline.failures.classify import Verdict
 from pipeline.failures.ladder import rung_of
-from pipeline.failures.provenance import REPLAY_OF
+from pipeline.failures.provenance import RELEASE_DISCARD, REPLAY_OF
 from pipeline.kafka.internals import InternalsChanged
 from pipeline.runtime.checkpointing import Checkpointing
-from pipeline.runtime.core.decisions import Climb, FailStage, RetryInProcess, after_failure
+from pipeline.runtime.core.decisions import (
+    Climb,
+    DeadLetter,
+    FailStage,
+    RetryInProcess,
+    after_failure,
+)
 from pipeline.runtime.core.ledger import Lane, PartitionState
 from pipeline.runtime.dedupe import record_identity
 from pipeline.runtime.eager import Pending, step
-from pipeline.runtime.outcomes import Outcomes
 from pipeline.runtime.outputs import as_records
+from pipeline.runtime.parking import Parking
 from pipeline.runtime.ports import (
     StageFailed,
 )
@@ -50,7 +56,7 @@ __all__ = ["StageEngine", "StageFailed"]
 log = logging.getLogger(__name__)
 
 
-class StageEngine(Outcomes, Checkpointing):
+class StageEngine(Parking, Checkpointing):
     """Runs one stage's records with key-ordered concurrency and a safe commit rule."""
 
     # -- intake ----------------------------------------------------------------------
@@ -111,6 +117,11 @@ class StageEngine(Outcomes, Checkpointing):
                 # The record the lane waits for, back from the ladder: it goes first.
                 if self._process(record, partition):
                     self._continue_lane(record, partition)
+            elif holds and (hold := holds.get(lane)) is not None and hold.parked:
+                if lanes.busy(lane):
+                    lanes.admit(lane, record)  # pragma: no cover - a parked lane is idle
+                else:
+                    self._take_for_parked_lane(lane, record, partition, hold)
             elif lanes.admit(lane, record):
                 self._run_lane(lane, record, partition)
         for slot, position in positions.items():
@@ -162,6 +173,8 @@ class StageEngine(Outcomes, Checkpointing):
         except ValueError as exc:  # pydantic's ValidationError is a ValueError
             if recent is not None and record_identity(record) in recent and not _replayed(record):
                 return self._skip(record, partition)  # redelivered: dead-lettered already
+            if _is_release_marker(record):
+                return self._skip(record, partition)  # its key was released already
             return self._dead_letter(record, partition, UndecodableRecord(str(exc)), 1, None)
         if recent is not None and self._identify(event) in recent and not _replayed(record):
             return self._skip(record, partition)  # redelivered: its output exists already
@@ -284,6 +297,9 @@ class StageEngine(Outcomes, Checkpointing):
         if isinstance(action, FailStage):
             self.fail(exc)
             return False
+        if isinstance(action, Climb) and self._ledger.holds and self._releases_key(record):
+            # the replay of a held key's dead letter does not climb: it parks the key again
+            action = DeadLetter(action.attempts)
         if isinstance(action, RetryInProcess):
             task = asyncio.ensure_future(self._retry_in_process(event, action.attempts))
             task.add_done_callback(partial(self._on_retried, record, partition, event, started))
@@ -329,6 +345,11 @@ class StageEngine(Outcomes, Checkpointing):
                 self._continue_lane(record, partition)
         except Exception as error:  # a callback's error would reach no one: stop instead
             self.fail(error)
+
+
+def _is_release_marker(record: ConsumerRecord) -> bool:
+    """Whether this is an operator's discard marker (no event; it releases a held key)."""
+    return any(name == RELEASE_DISCARD for name, _ in record.headers or ())
 
 
 def _replayed(record: ConsumerRecord) -> bool:

@@ -43,6 +43,12 @@ class StageObserver(Protocol):
     def dropped(self) -> None:
         """The handler returned nothing: the record is consumed with no output."""
 
+    def parked(self) -> None:
+        """A record of a key held behind its dead letter was parked."""
+
+    def holding(self, keys: int, oldest_since_ms: int | None) -> None:
+        """``keys`` are parked behind dead letters, the oldest since ``oldest_since_ms``."""
+
     def lag(self, partition: TopicPartition, records: int) -> None:
         """``records`` of ``partition`` are behind the group's committed offset."""
 
@@ -78,6 +84,12 @@ class NullObserver:
         """Ignored."""
 
     def dropped(self) -> None:
+        """Ignored."""
+
+    def parked(self) -> None:
+        """Ignored."""
+
+    def holding(self, keys: int, oldest_since_ms: int | None) -> None:
         """Ignored."""
 
     def lag(self, partition: TopicPartition, records: int) -> None:

@@ -116,6 +116,8 @@ class Outcomes(EngineState):
                 headers.append((EVENT_ID, event_id.encode()))
                 self._recent.add(event_id)
         value = record.value or b""
+        if self._parks and record.key is not None:  # policy "hold": the key stops here
+            return self._hold_on_dead_letter(record, partition, value, headers)
         # policy "release": the key's later events go on once this one is parked
         if self._ledger.holds and self._release_hold(record, back_from_ladder=False):
             return self._emit_journaled(
@@ -174,8 +176,14 @@ class Outcomes(EngineState):
         """Queue a handler's output, stamped with the input's ``event_id`` when the stage
         identifies its events; a record back from the ladder releases its key."""
         headers = self._output_headers(record, event_id, "processed")
-        if self._ledger.holds and self._release_hold(record, back_from_ladder=True):
-            return self._emit_journaled(record, partition, self._sink_topic, value, headers, None)
+        if self._ledger.holds:
+            if self._releases_key(record):
+                output = [(self._sink_topic, record.key, value)]
+                return self._trigger_succeeded(record, partition, output, headers)
+            if self._release_hold(record, back_from_ladder=True):
+                return self._emit_journaled(
+                    record, partition, self._sink_topic, value, headers, None
+                )
         return self._emit(record, partition, self._sink_topic, value, headers)
 
     def _succeeded_with(
@@ -187,11 +195,35 @@ class Outcomes(EngineState):
     ) -> bool:
         """Queue a handler's output records (none: dropped), as :meth:`_succeeded`."""
         headers = self._output_headers(record, event_id, "processed" if records else "dropped")
+        if self._ledger.holds and self._releases_key(record):
+            return self._trigger_succeeded(record, partition, records, headers)
         release = bool(self._ledger.holds) and self._release_hold(record, back_from_ladder=True)
         if not records and not release:
             self._ledger.finish(partition, record.offset)
             return True
         return self._emit_all(record, partition, records, headers, journal=release, hold=None)
+
+    # -- parking (pipeline.runtime.parking provides these) -----------------------------
+
+    def _hold_on_dead_letter(
+        self, record: ConsumerRecord, partition: PartitionState, value: bytes, headers: Headers
+    ) -> bool:
+        """Dead-letter ``record`` and park its key."""
+        raise NotImplementedError
+
+    def _releases_key(self, record: ConsumerRecord) -> bool:
+        """Whether ``record`` is the replay that releases its key's parked events."""
+        raise NotImplementedError
+
+    def _trigger_succeeded(
+        self,
+        record: ConsumerRecord,
+        partition: PartitionState,
+        records: list[Record],
+        headers: Headers,
+    ) -> bool:
+        """The releasing replay succeeded: its outputs, then the parked events."""
+        raise NotImplementedError
 
     def _output_headers(
         self, record: ConsumerRecord, event_id: str | None, outcome: str

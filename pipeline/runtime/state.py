@@ -20,7 +20,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from pipeline.failures.holds import Hold
 from pipeline.failures.ladder import Ladder
 from pipeline.kafka.topology import Naming
-from pipeline.runtime.core.ledger import StageLedger
+from pipeline.runtime.core.ledger import Lane, StageLedger
 from pipeline.runtime.core.receipts import Receipt
 from pipeline.runtime.dedupe import RecentIds
 from pipeline.runtime.observer import StageObserver
@@ -62,8 +62,14 @@ class EngineState:
         self.source_topic = naming.topic(spec.source)
         self.retry_topics = [naming.retry(spec.name, n) for n in range(1, self._ladder.levels + 1)]
         self.holds_topic = naming.holds(spec.name)
+        self._parked_topic = naming.parked(spec.name)
         self._levels = {topic: n for n, topic in enumerate([self.source_topic, *self.retry_topics])}
         self._ordered = settings.ordering == "key"
+        # on_dead_letter=hold: a dead letter parks its key (pipeline.runtime.parking)
+        self._parks = self._ordered and settings.on_dead_letter == "hold"
+        self._releases: dict[Lane, asyncio.Task[None]] = {}
+        self._in_release: Lane | None = None
+        self._commits = asyncio.Event()
         self._ledger: StageLedger[ConsumerRecord, Hold] = StageLedger()
         self._resume_timers: dict[TopicPartition, asyncio.TimerHandle] = {}
         self._consumer: ConsumerPort | None = None
@@ -165,6 +171,16 @@ class EngineState:
         """Partitions the consumer owns; ``None`` before the first assignment."""
         assigned = self._ledger.assigned
         return None if assigned is None else {TopicPartition(*slot) for slot in assigned}
+
+    @property
+    def parks(self) -> bool:
+        """Whether a dead letter parks its key (``on_dead_letter="hold"``)."""
+        return self._parks
+
+    @property
+    def parked_topic(self) -> str:
+        """Where the stage parks the events of held keys."""
+        return self._parked_topic
 
     @property
     def closing(self) -> bool:

@@ -215,6 +215,7 @@ class StageRuntime:
             self.naming.topic(self.spec.dead_letter_topic),
             self.engine.holds_topic,
             *self.engine.retry_topics,
+            *([self.engine.parked_topic] if self.engine.parks else []),
         ]
         counts = {topic: len(await self._producer.partitions_for(topic)) for topic in topics}
         source_partitions = counts[topics[0]]

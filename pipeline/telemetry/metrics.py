@@ -87,6 +87,24 @@ class PipelineMetrics:
             ["stage"],
             registry=registry,
         )
+        self.parked = Counter(
+            "pipeline_events_parked",
+            "Records of keys held behind a dead letter, written to <stage>.parked.",
+            ["stage"],
+            registry=registry,
+        )
+        self.held_keys = Gauge(
+            "pipeline_held_keys",
+            "Keys whose later events are parked behind a dead letter (on_dead_letter=hold).",
+            ["stage"],
+            registry=registry,
+        )
+        self.oldest_hold = Gauge(
+            "pipeline_oldest_hold_timestamp_seconds",
+            "When the longest-held key was parked (0: none held); alert on its age.",
+            ["stage"],
+            registry=registry,
+        )
         self.committed = Counter(
             "pipeline_offset_commits",
             "Offset commits of the stage's consumer group.",
@@ -179,6 +197,16 @@ class PrometheusObserver:
     def dropped(self) -> None:
         """Count a record consumed without output."""
         self._metrics.dropped.labels(self._stage).inc()
+
+    def parked(self) -> None:
+        """Count a parked record."""
+        self._metrics.parked.labels(self._stage).inc()
+
+    def holding(self, keys: int, oldest_since_ms: int | None) -> None:
+        """Set the held keys and the oldest hold's time."""
+        self._metrics.held_keys.labels(self._stage).set(keys)
+        oldest = (oldest_since_ms or 0) / 1000
+        self._metrics.oldest_hold.labels(self._stage).set(oldest)
 
     def lag(self, partition: TopicPartition, records: int) -> None:
         """Set the lag of one input partition."""

@@ -42,6 +42,15 @@ class KeyLanes(Generic[Key, Item]):
         del self._waiting[key]
         return None
 
+    def take_waiting(self, key: Key) -> list[Item]:
+        """Empty the key's queue (the key stays busy with its item in progress)."""
+        waiting = self._waiting.get(key)
+        if not waiting:
+            return []
+        items = list(waiting)
+        waiting.clear()
+        return items
+
     def busy(self, key: Key) -> bool:
         """Whether ``key`` has a record in progress."""
         return key in self._waiting
