@@ -35,6 +35,10 @@ RUN groupadd --gid 10001 pipeline \
 
 COPY --from=builder /opt/venv /opt/venv
 
+# Where `pipeline api-token` keeps the development signing key of docker compose: a
+# named volume mounted here starts out owned by the pipeline user.
+RUN install -d -o 10001 -g 10001 -m 0750 /var/lib/pipeline/api-auth
+
 # Bytecode was compiled in the builder; the root filesystem is read-only in Kubernetes.
 # In a container the HTTP endpoint must listen beyond loopback to be probed and scraped.
 ENV PATH=/opt/venv/bin:$PATH \

@@ -11,6 +11,9 @@ $(VENV)/.installed: pyproject.toml requirements-dev.lock
 	@command -v promtool >/dev/null || { echo "installing promtool (Debian package prometheus)"; \
 		apt-get install -y --no-install-recommends prometheus >/dev/null || \
 		{ echo "promtool is needed by the tests: apt-get install prometheus" >&2; exit 1; }; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "installing PostgreSQL (Debian package postgresql)"; \
+		apt-get install -y --no-install-recommends postgresql >/dev/null || \
+		{ echo "PostgreSQL is needed by the tests: apt-get install postgresql" >&2; exit 1; }; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -r requirements-dev.lock
@@ -44,13 +47,13 @@ integration: install
 	$(BIN)/pytest -m "integration or chaos"
 
 lint: install
-	$(BIN)/ruff check pipeline schemas tests
-	$(BIN)/ruff format --check pipeline schemas tests
+	$(BIN)/ruff check pipeline schemas tests examples
+	$(BIN)/ruff format --check pipeline schemas tests examples
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff check --fix pipeline schemas tests
-	$(BIN)/ruff format pipeline schemas tests
+	$(BIN)/ruff check --fix pipeline schemas tests examples
+	$(BIN)/ruff format pipeline schemas tests examples
 
 demo: install
 	$(BIN)/pipeline demo --orders 10000

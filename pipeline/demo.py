@@ -1,4 +1,10 @@
-"""The demo: broker, topics, all stages, a produced workload, drain, verify."""
+"""The demo: broker, topics, all stages, a produced workload, drain, verify.
+
+The order API it serves checks tokens like a deployment does. Unless the settings name
+a key source (or disable authentication), the demo signs with a key of its own that
+lives only in this process and prints a token of it: customer ``cus-demo`` with the
+operator scope, so it places that customer's orders and reads every order.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +14,32 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import uvicorn
+from pydantic import SecretStr
 
 from pipeline.broker import ensure_broker
 from pipeline.ingress import create_ingress
+from pipeline.ingress.local_issuer import LocalIssuer
 from pipeline.kafka.admin import apply_topics, delete_topics
 from pipeline.kafka.lag import wait_until_drained
 from pipeline.kafka.produce import produce_records
 from pipeline.kafka.topology import ORDERS_EVENTS, STAGE_NAMES, Naming, pipeline_topics
 from pipeline.runner import build
-from pipeline.settings import Settings
+from pipeline.settings import IngressSettings, Settings
 from pipeline.verify import VerifyReport, verify
 from pipeline.workload import generate
 
 log = logging.getLogger(__name__)
+
+DEMO_DATABASE = Path(".cache/demo-ingress.db")
+"""The order API's database in a demo with fresh topics."""
+
+DEMO_ISSUER = "urn:order-pipeline:local"
+DEMO_CUSTOMER = "cus-demo"
+DEMO_TOKEN_TTL_S = 12 * 3600
 
 
 @dataclass(slots=True)
@@ -64,10 +80,15 @@ async def run_demo(
     if http is not None:
         base = f"http://{settings.http.host}:{settings.http.port}"
         say(f"stage endpoints: {base}/metrics {base}/health {base}/ready")
-    api = await _serve(create_ingress(settings), settings.api.host, settings.api.port)
+    settings, token = demo_auth(settings)
+    api = await _serve(
+        create_ingress(settings, _demo_api(settings, fresh)), settings.api.host, settings.api.port
+    )
     if api is not None:
         base = f"http://{settings.api.host}:{settings.api.port}"
         say(f"order API: POST {base}/orders, GET {base}/orders/{{id}}, docs at {base}/docs")
+        if token is not None:
+            say(f"order API token ({DEMO_CUSTOMER}, reads every order): {token}")
     started = time.perf_counter()
     try:
         produced = await produce_records(
@@ -93,6 +114,30 @@ async def run_demo(
     if pipeline.failure is not None:
         raise RuntimeError(f"a stage failed: {pipeline.failure!r}")
     return DemoResult(bootstrap, produced, seconds, await verify(settings.kafka, naming))
+
+
+def demo_auth(settings: Settings) -> tuple[Settings, str | None]:
+    """``settings`` whose order API trusts a key made for this run, and a token signed
+    with it; unchanged (and no token) when the settings already name a key source or
+    disable authentication."""
+    api = settings.api
+    if api.auth_disabled or any((api.auth_jwks_url, api.auth_jwks, api.auth_jwks_file)):
+        return settings, None
+    issuer = LocalIssuer.generate(api.auth_issuer or DEMO_ISSUER, api.auth_audience)
+    api = api.model_copy(update={"auth_issuer": issuer.issuer, "auth_jwks": issuer.jwks_json()})
+    token = issuer.token(DEMO_CUSTOMER, scopes=[api.auth_operator_scope], ttl_s=DEMO_TOKEN_TTL_S)
+    return settings.model_copy(update={"api": api}), token
+
+
+def _demo_api(settings: Settings, fresh: bool) -> IngressSettings:
+    """The order API's settings for the demo: with fresh topics, a fresh database too (the
+    offsets an earlier run's projection stored belong to topics that are gone)."""
+    if not fresh:
+        return settings.api
+    for leftover in DEMO_DATABASE.parent.glob(f"{DEMO_DATABASE.name}*"):  # -wal, -shm too
+        leftover.unlink()
+    url = SecretStr(f"sqlite+aiosqlite:///{DEMO_DATABASE}")
+    return settings.api.model_copy(update={"database_url": url})
 
 
 async def _serve(app: Any, host: str, port: int, *, lifespan: bool = True) -> uvicorn.Server | None:

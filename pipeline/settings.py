@@ -212,7 +212,8 @@ class HttpSettings(BaseSettings):
 
 
 class IngressSettings(BaseSettings):
-    """The order API: where it listens, how long a publish may take, its projection."""
+    """The order API: where it listens, how long a publish may take, its projection,
+    who may call it and how much."""
 
     model_config = SettingsConfigDict(env_prefix="PIPELINE_API_", extra="ignore")
 
@@ -231,6 +232,84 @@ class IngressSettings(BaseSettings):
     )
     idempotency_max_keys: int = Field(
         default=100_000, ge=1, description="Keys the in-process store keeps at most."
+    )
+    database_url: SecretStr = Field(
+        default=SecretStr("sqlite+aiosqlite:///.cache/ingress.db"),
+        description="Where order status and Idempotency-Keys live: the embedded SQLite file "
+        "by default (one replica), or postgresql+asyncpg://user:password@host/db shared by "
+        "several replicas. A secret: it may hold a password, and is logged masked.",
+    )
+    database_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a connection attempt or query may take before the API "
+        "answers 503 and /ready turns false.",
+    )
+    database_pool_size: int = Field(
+        default=5, ge=1, description="Pooled PostgreSQL connections per replica (twice at peak)."
+    )
+    database_migrate: bool = Field(
+        default=True,
+        description="Upgrade the schema at start-up (under a lock, so replicas may start "
+        "together); False: run `pipeline db upgrade` as a release step instead.",
+    )
+    idempotency_lease_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How long a request holds its Idempotency-Key while it publishes; "
+        "must exceed publish_timeout_s (plus clock skew between replicas).",
+    )
+    auth_disabled: bool = Field(
+        default=False,
+        description="Local development only: serve every request without a token, as an "
+        "operator. The API warns at startup; never set it in a deployment.",
+    )
+    auth_issuer: str | None = Field(
+        default=None,
+        description="The tokens' expected `iss` (the OIDC issuer URL); required unless "
+        "auth is disabled.",
+    )
+    auth_audience: str = Field(default="order-api", description="The tokens' expected `aud`.")
+    auth_jwks_url: str | None = Field(
+        default=None,
+        description="The issuer's JWKS endpoint; keys are cached and fetched again when a "
+        "token names an unknown `kid` (key rotation).",
+    )
+    auth_jwks: str | None = Field(
+        default=None, description="Instead of a URL: the JWKS document (JSON) of the keys."
+    )
+    auth_jwks_file: Path | None = Field(
+        default=None, description="Instead of a URL: a file holding the JWKS document."
+    )
+    auth_algorithms: list[str] = Field(
+        default_factory=lambda: ["RS256", "PS256", "ES256", "EdDSA"],
+        description="Signature algorithms accepted; asymmetric ones only.",
+    )
+    auth_jwks_cache_s: float = Field(
+        default=300, gt=0, description="How long fetched keys are used before a refetch."
+    )
+    auth_jwks_refetch_interval_s: float = Field(
+        default=10,
+        ge=0,
+        description="Least time between fetches caused by an unknown `kid`, so that "
+        "made-up key ids cannot hammer the issuer.",
+    )
+    auth_leeway_s: float = Field(default=30, ge=0, description="Clock skew allowed on exp/nbf.")
+    auth_customer_claim: str = Field(
+        default="sub", description="The claim holding the caller's customer id."
+    )
+    auth_operator_scope: str = Field(
+        default="orders:read-all",
+        description="The `scope` that lets a token read every order, not only its own.",
+    )
+    max_body_bytes: int = Field(
+        default=64 * 1024, ge=1, description="Larger request bodies are refused with 413."
+    )
+    rate_limit_per_s: float = Field(
+        default=20, gt=0, description="Requests per second per caller (its token's subject)."
+    )
+    rate_limit_burst: int = Field(
+        default=40, ge=1, description="Requests a caller may make at once before the limit."
     )
 
 

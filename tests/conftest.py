@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING
@@ -23,6 +24,13 @@ from pipeline.settings import KafkaSettings, Settings
 
 if TYPE_CHECKING:
     from pipeline.kafka.local_cluster import LocalCluster
+
+# The order API's database, unless a test names its own: a fresh SQLite file of this
+# session, read by every IngressSettings built from here on (test modules build theirs at
+# import). Keys and views of earlier runs, or a developer's own database, never answer.
+os.environ["PIPELINE_API_DATABASE_URL"] = (
+    f"sqlite+aiosqlite:///{tempfile.mkdtemp(prefix='ingress-db-')}/ingress.db"
+)
 
 NO_BROKER = (
     "no Kafka broker for the integration tests: {why}\n"

@@ -1,4 +1,5 @@
-"""``pipeline bench``: the stage engine against raw aiokafka and plain FastStream."""
+"""``pipeline bench``: the stage engine against raw aiokafka and plain FastStream;
+``pipeline bench-api``: the order API's memory as the orders it knows grow."""
 
 from __future__ import annotations
 
@@ -63,3 +64,33 @@ def bench(
     if json_path is not None:
         json_path.write_text(json.dumps(results, indent=2))
         console.print(f"results written to {json_path}")
+
+
+def bench_api(
+    orders: Annotated[
+        list[int] | None,
+        typer.Option(help="Orders known at each measurement (repeatable, ascending)."),
+    ] = None,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="The API's database (default: a fresh SQLite file)."),
+    ] = None,
+) -> None:
+    """Measure the order API process's resident memory at 10k, 100k and 300k orders."""
+    from pipeline.ingress.memory_bench import MemoryPoint, measure_api_memory
+
+    settings = load_settings()
+    steps = sorted(orders or [10_000, 100_000, 300_000])
+    console.print("| orders | RSS MB | peak RSS MB | caught up in s |\n|---:|---:|---:|---:|")
+
+    def show(point: MemoryPoint) -> None:
+        console.print(
+            f"| {point.orders:,} | {point.rss_mb:.0f} | {point.peak_rss_mb:.0f} "
+            f"| {point.catch_up_s} |"
+        )
+
+    async def run() -> None:
+        await ensure_broker(settings)
+        await measure_api_memory(settings, steps, database_url=database_url, on_point=show)
+
+    asyncio.run(run())

@@ -17,9 +17,10 @@ from rich.progress import Progress
 from rich.table import Table
 
 from pipeline import loop
-from pipeline.cli.api import serve_api
+from pipeline.cli.api import api_token, serve_api
 from pipeline.cli.asyncapi import asyncapi
-from pipeline.cli.bench import bench
+from pipeline.cli.bench import bench, bench_api
+from pipeline.cli.db import db_app
 from pipeline.cli.dlq import dlq_app
 from pipeline.cli.kafka import kafka_app
 from pipeline.cli.schedule import schedule
@@ -38,8 +39,11 @@ app = typer.Typer(help="A key-ordered Kafka checkout pipeline on FastStream.", n
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(topics_app, name="topics")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(db_app, name="db")
 app.command()(bench)
+app.command("bench-api")(bench_api)
 app.command("serve-api")(serve_api)
+app.command("api-token")(api_token)
 app.command()(asyncapi)
 app.command()(schedule)
 console = Console()
@@ -235,7 +239,8 @@ def demo(
                     settings,
                     orders,
                     on_produced=lambda n: progress.advance(task, n),
-                    on_status=progress.console.print,
+                    # Unwrapped: the token it prints must copy as one line.
+                    on_status=lambda line: progress.console.print(line, soft_wrap=True),
                 )
             )
     except PipelineError as exc:

@@ -5,7 +5,16 @@ accepted events to ``orders.events`` keyed by order id, and its subscriber keeps
 status projection from ``orders.fulfilled`` and the dead-letter topics. The router's
 lifespan starts and stops its broker with the FastAPI app. ``/docs`` is the OpenAPI
 page, ``/asyncapi`` the AsyncAPI page of the whole pipeline, this API's channels
-included.
+included. A second subscriber learns each order's owner from ``orders.events``.
+
+Order status and Idempotency-Keys live in a database (:mod:`pipeline.ingress.database`:
+SQLite by default, PostgreSQL for several replicas), readied in the app's lifespan
+around the router's; ``/health`` and ``/ready`` are :mod:`pipeline.ingress.probes`.
+
+Every order route needs a bearer token (:mod:`pipeline.ingress.auth`) and stays within
+its caller's rate limit; what a caller may do is :mod:`pipeline.ingress.access`. Bodies
+over ``max_body_bytes`` and the hardening headers are middlewares
+(:mod:`pipeline.ingress.limits`).
 """
 
 from __future__ import annotations
@@ -16,30 +25,44 @@ import warnings
 from typing import Annotated, Any
 
 from aiokafka.errors import KafkaError
-from fastapi import Body, Depends, FastAPI, Header, HTTPException, Request, Response, status
+from fastapi import (
+    Body,
+    Depends,
+    FastAPI,
+    Header,
+    HTTPException,
+    Request,
+    Response,
+    Security,
+    status,
+)
 from fastapi.responses import HTMLResponse, JSONResponse
 from faststream import AckPolicy
 from faststream.specification import get_asyncapi_html
 from pydantic import BaseModel
 
+from pipeline.errors import ConfigurationError
+from pipeline.ingress.access import check_may_read, check_may_submit, not_found
+from pipeline.ingress.auth import Principal, caller, verifier_from
+from pipeline.ingress.database import SqlIdempotencyStore, SqlProjectionStore, open_engine
+from pipeline.ingress.database.lifecycle import database_lifespan
 from pipeline.ingress.idempotency import (
-    Accepted,
     IdempotencyStore,
-    InMemoryIdempotencyStore,
+    KeyInUse,
+    KeyReused,
     fingerprint,
+    publish_once,
 )
-from pipeline.ingress.projection import (
-    InMemoryProjectionStore,
-    OrderView,
-    ProjectionStore,
-    view_of_dead_letter,
-    view_of_fulfilled,
-)
+from pipeline.ingress.limits import BodySizeLimit, RateLimiter, SecurityHeaders
+from pipeline.ingress.owners import InMemoryOrderOwners, OrderOwners, order_owners, placement_in
+from pipeline.ingress.probes import serve_probes
+from pipeline.ingress.projection import OrderView, ProjectionStore
+from pipeline.ingress.projector import ResumeFromStore, project
 from pipeline.ingress.settings import IngressSettings
 from pipeline.kafka.connection import broker_security
 from pipeline.kafka.topology import ORDERS_EVENTS, ORDERS_FULFILLED, STAGE_NAMES, Naming
 from pipeline.settings import Settings
-from schemas import OrderEvent
+from schemas import OrderEvent, OrderPlaced
 
 with warnings.catch_warnings():
     # FastStream 0.7.8 announces that this integration moves to the separate
@@ -64,6 +87,13 @@ class Problem(BaseModel):
     detail: str
 
 
+REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: {"model": Problem, "description": "No bearer token, or one that is not accepted"},
+    413: {"model": Problem, "description": "The body is larger than the API takes"},
+    429: {"model": Problem, "description": "Over the caller's rate limit; see Retry-After"},
+}
+
+
 def projection_store(request: Request) -> ProjectionStore:
     """The app's projection store (a FastAPI dependency; override it in tests)."""
     store: ProjectionStore = request.app.state.projection
@@ -79,6 +109,13 @@ def idempotency_store(request: Request) -> IdempotencyStore:
 def create_ingress(settings: Settings, api: IngressSettings | None = None) -> FastAPI:
     """The order API for ``settings``' cluster and topic namespace."""
     api = api or settings.api
+    token_verifier = verifier_from(api)  # bad auth settings fail here, not on a request
+    if api.idempotency_lease_s <= api.publish_timeout_s:
+        raise ConfigurationError(
+            "PIPELINE_API_IDEMPOTENCY_LEASE_S must exceed PIPELINE_API_PUBLISH_TIMEOUT_S: "
+            "a key's lease must outlast the publish it guards"
+        )
+    engine = open_engine(api)  # a bad database URL fails here, not on a request
     naming = Naming.of(settings.topics)
     router = KafkaRouter(
         settings.kafka.bootstrap_hosts,
@@ -100,53 +137,73 @@ def create_ingress(settings: Settings, api: IngressSettings | None = None) -> Fa
     )
     fulfilled = naming.topic(ORDERS_FULFILLED)
 
-    @router.subscriber(
+    resume = ResumeFromStore(lambda: projecting.consumer, lambda: app.state.projection)
+    projecting = router.subscriber(
         fulfilled,
         *(naming.dead_letter(stage) for stage in STAGE_NAMES),
         group_id=naming.group(api.projection_group),
         auto_offset_reset="earliest",
         batch=True,
         max_records=api.projection_batch,
-        # Commits only for a durable store: an in-process one is rebuilt from the
-        # earliest offsets on every start, which needs a group without offsets.
+        # The store holds the offsets (applied with the views, one transaction) and
+        # `resume` seeks to them; Kafka's commits follow the store's, for lag only.
         ack_policy=AckPolicy.MANUAL,
+        listener=resume,
         decoder=_undecoded,
         title=f"{fulfilled}:ingress-projection",
         description="Keeps each order's latest status for GET /orders/{order_id}.",
     )
-    async def project(
+
+    @projecting
+    async def project_outcomes(
         message: KafkaMessage,
         store: Annotated[ProjectionStore, Depends(projection_store)],
     ) -> None:
+        await project(message, store, fulfilled)
+
+    @router.subscriber(
+        naming.topic(ORDERS_EVENTS),
+        # No consumer group: every replica reads every partition, so that each one
+        # knows the owner of every order, whichever replica accepted it.
+        auto_offset_reset="earliest",
+        batch=True,
+        max_records=api.projection_batch,
+        ack_policy=AckPolicy.MANUAL,  # nothing to commit without a group
+        decoder=_undecoded,
+        title=f"{naming.topic(ORDERS_EVENTS)}:ingress-owners",
+        description="Keeps each order's owner (the customer of its OrderPlaced).",
+    )
+    async def learn_owners(
+        message: KafkaMessage,
+        owners: Annotated[OrderOwners, Depends(order_owners)],
+    ) -> None:
         for record in message.raw_message:
-            outcome = record.topic == fulfilled
-            view = view_of_fulfilled(record) if outcome else view_of_dead_letter(record)
-            if view is None:
-                log.warning(
-                    "unreadable record skipped by the projection: %s[%d]@%d",
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                )
-                continue
-            await store.apply(view)
-        if store.durable:
-            await message.ack()
+            placement = placement_in(record)
+            if placement is not None:
+                await owners.claim(*placement)
 
     @router.post(
         "/orders",
         status_code=status.HTTP_202_ACCEPTED,
         response_model=EventAccepted,
         responses={
-            409: {"model": Problem, "description": "Idempotency-Key reused with another body"},
-            503: {"model": Problem, "description": "Kafka did not acknowledge the write"},
+            **REFUSALS,
+            403: {"model": Problem, "description": "The order is another customer's"},
+            404: {"model": Problem, "description": "No order of the caller's has this id"},
+            409: {
+                "model": Problem,
+                "description": "Idempotency-Key reused with another body, or still in use",
+            },
+            503: {"model": Problem, "description": "Kafka or the database did not answer"},
         },
         summary="Submit an order event",
     )
     async def submit_event(
         event: Annotated[OrderEvent, Body()],
         response: Response,
+        principal: Annotated[Principal, Security(caller)],
         keys: Annotated[IdempotencyStore, Depends(idempotency_store)],
+        owners: Annotated[OrderOwners, Depends(order_owners)],
         idempotency_key: Annotated[
             str | None,
             Header(
@@ -159,52 +216,94 @@ def create_ingress(settings: Settings, api: IngressSettings | None = None) -> Fa
     ) -> EventAccepted:
         """Publish the event to ``orders.events``, keyed by its order id; 202 once Kafka
         acknowledged the write."""
+        await check_may_submit(principal, event, owners)
         response.headers["Location"] = f"/orders/{event.order_id}"
         if idempotency_key is None:
             await _publish(events, event, api.publish_timeout_s)
+            await _remember_owner(owners, event)
             return EventAccepted(event_id=event.event_id)
-        digest = fingerprint(event)
-        async with keys.hold(idempotency_key):
-            earlier = await keys.get(idempotency_key)
-            if earlier is None:
-                await _publish(events, event, api.publish_timeout_s)
-                earlier = Accepted(event_id=event.event_id, fingerprint=digest)
-                await keys.put(idempotency_key, earlier)
-            elif earlier.fingerprint != digest:
-                raise HTTPException(
-                    status.HTTP_409_CONFLICT,
-                    f"{IDEMPOTENCY_KEY} {idempotency_key!r} was used for another body",
-                )
-            else:
-                response.headers["Idempotent-Replayed"] = "true"
-        return EventAccepted(event_id=earlier.event_id)
+        # Each customer has its own key space: one cannot replay or block another's keys.
+        scoped_key = f"{principal.customer_id or ''}\x1f{idempotency_key}"
+
+        async def publish() -> None:
+            await _publish(events, event, api.publish_timeout_s)
+            await _remember_owner(owners, event)
+
+        try:
+            # A request finding the key held elsewhere waits for that answer as long as
+            # a publish may take.
+            answer = await publish_once(
+                keys,
+                scoped_key,
+                fingerprint(event),
+                event.event_id,
+                publish,
+                wait_s=api.publish_timeout_s,
+            )
+        except KeyReused as exc:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"{IDEMPOTENCY_KEY} {idempotency_key!r} was used for another body",
+            ) from exc
+        except KeyInUse as exc:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"{IDEMPOTENCY_KEY} {idempotency_key!r} is held by a request still in "
+                "progress; retry shortly",
+            ) from exc
+        if answer.replayed:
+            response.headers["Idempotent-Replayed"] = "true"
+        return EventAccepted(event_id=answer.event_id)
 
     @router.get(
         "/orders/{order_id}",
         response_model=OrderView,
-        responses={404: {"model": Problem, "description": "No outcome known for the order"}},
+        responses={
+            **REFUSALS,
+            404: {"model": Problem, "description": "No outcome known for an order of the caller"},
+        },
         summary="The order's latest known status",
     )
     async def order_status(
-        order_id: str, store: Annotated[ProjectionStore, Depends(projection_store)]
+        order_id: str,
+        principal: Annotated[Principal, Security(caller)],
+        store: Annotated[ProjectionStore, Depends(projection_store)],
+        owners: Annotated[OrderOwners, Depends(order_owners)],
     ) -> OrderView:
-        """The status of the order's newest event that left the pipeline."""
+        """The status of the order's newest event that left the pipeline; the caller's
+        own orders only, unless its token has the operator scope."""
+        await check_may_read(principal, order_id, owners)
         view = await store.get(order_id)
         if view is None:
-            raise HTTPException(status.HTTP_404_NOT_FOUND, f"no outcome known for {order_id!r}")
+            raise not_found(order_id)
         return view
 
+    remembered_keys = SqlIdempotencyStore(engine, api.idempotency_ttl_s, api.idempotency_lease_s)
     app = FastAPI(
         title="order-pipeline ingress",
         description="Order events in, order status out. AsyncAPI of the pipeline: /asyncapi.",
+        lifespan=database_lifespan(engine, remembered_keys, migrate=api.database_migrate),
     )
-    app.state.projection = InMemoryProjectionStore()
-    app.state.idempotency = InMemoryIdempotencyStore(
-        api.idempotency_ttl_s, api.idempotency_max_keys
-    )
+    app.state.database = engine
+    app.state.projection = SqlProjectionStore(engine)
+    app.state.idempotency = remembered_keys
+    app.state.projection_assignment = resume
+    app.state.owners = InMemoryOrderOwners()
+    app.state.token_verifier = token_verifier
+    app.state.rate_limiter = RateLimiter(api.rate_limit_per_s, api.rate_limit_burst)
     app.include_router(router)
     _serve_asyncapi(app, settings, router)
+    serve_probes(app, engine, api.database_timeout_s)
+    # The last added runs first: every answer, a 413 included, gets the headers.
+    app.add_middleware(BodySizeLimit, max_bytes=api.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
     return app
+
+
+async def _remember_owner(owners: OrderOwners, event: BaseModel) -> None:
+    """The customer's next request must find its order before orders.events is read."""
+    if isinstance(event, OrderPlaced):
+        await owners.claim(event.order_id, event.customer_id)
 
 
 async def _publish(publisher: Any, event: BaseModel, timeout_s: float) -> None:

@@ -6,44 +6,20 @@ record timestamp breaking ties (a dead letter replayed and then fulfilled keeps 
 fulfilled view). The rule is :func:`supersedes`; it does not depend on the order in
 which the topics are read, so the projection converges whatever the interleaving.
 
-The store is a :class:`ProjectionStore`. :class:`InMemoryProjectionStore` (the default)
-lives in the process: it is rebuilt from the earliest offsets on every start (the
-projection never commits for a store that is not ``durable``), and with several
-ingress replicas each one would hold only the partitions the group gave it — so it
-suits one replica, development and tests.
-
-Backing it with a real database, for several replicas and restarts without a replay:
-
-1. One table keyed by order id::
-
-       CREATE TABLE order_status (
-           order_id   text PRIMARY KEY,
-           status     text NOT NULL,
-           event_id   text,
-           sequence   integer NOT NULL,
-           kind       text,
-           reason     text,
-           stage      text,
-           updated_at timestamptz NOT NULL
-       );
-
-2. ``apply`` is one conditional upsert, so concurrent replicas and redelivered
-   records cannot move a view backwards::
-
-       INSERT INTO order_status AS cur VALUES (...)
-       ON CONFLICT (order_id) DO UPDATE SET ... = excluded....
-       WHERE (excluded.sequence, excluded.updated_at) >= (cur.sequence, cur.updated_at);
-
-3. ``get`` is a primary-key lookup returning :class:`OrderView` or ``None``.
-4. ``durable = True``: the projection then commits its offsets after each applied
-   batch, and every replica of the ``ingress-projection`` group writes its share of
-   the partitions into the one table.
-5. Build the store in the app factory and put it on ``app.state.projection`` (or
-   override the :func:`pipeline.ingress.app.projection_store` dependency).
+The store is a :class:`ProjectionStore`. It applies a batch of views together with the
+highest offset of each topic-partition they came from, atomically, and on a partition
+assignment tells the consumer where to resume (:mod:`pipeline.ingress.projector`): so a
+restart reads nothing twice and nothing is skipped. The default is the database store
+(:class:`pipeline.ingress.database.SqlProjectionStore`: SQLite embedded, PostgreSQL
+shared by replicas, where each replica of the consumer group writes its share of the
+partitions and every replica answers for every order). :class:`InMemoryProjectionStore`
+holds the same in a dict, for tests: it knows no offsets after a restart, so the
+consumer reads its partitions from the beginning again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Literal, Protocol
 
@@ -75,20 +51,25 @@ class OrderView(BaseModel):
     updated_at: datetime = Field(description="When that outcome was written to Kafka.")
 
 
-class ProjectionStore(Protocol):
-    """Where the projection keeps one :class:`OrderView` per order."""
+Partition = tuple[str, int]
+"""A topic-partition as ``(topic, partition)``."""
 
-    @property
-    def durable(self) -> bool:
-        """Whether views survive a restart (then the consumer commits its offsets)."""
-        ...
+
+class ProjectionStore(Protocol):
+    """Where the projection keeps one :class:`OrderView` per order, and how far it read."""
 
     async def get(self, order_id: str) -> OrderView | None:
         """The order's view, or ``None`` when no outcome is known yet."""
         ...
 
-    async def apply(self, view: OrderView) -> None:
-        """Keep ``view`` unless the stored one :func:`supersedes` it (atomically)."""
+    async def apply(self, views: Sequence[OrderView], applied: Mapping[Partition, int]) -> None:
+        """Keep each view unless the stored one :func:`supersedes` it, and record
+        ``applied`` (partition -> highest offset applied; never moving back), all in one
+        transaction."""
+        ...
+
+    async def applied_offsets(self, topics: Collection[str]) -> dict[Partition, int]:
+        """The highest applied offset of each partition of ``topics`` the store knows."""
         ...
 
 
@@ -97,23 +78,39 @@ def supersedes(current: OrderView, candidate: OrderView) -> bool:
     return (current.sequence, current.updated_at) > (candidate.sequence, candidate.updated_at)
 
 
-class InMemoryProjectionStore:
-    """The default store: a dict in this process."""
+def newest_per_order(views: Iterable[OrderView]) -> list[OrderView]:
+    """One view per order: the one no other view of the batch :func:`supersedes`."""
+    newest: dict[str, OrderView] = {}
+    for view in views:
+        current = newest.get(view.order_id)
+        if current is None or not supersedes(current, view):
+            newest[view.order_id] = view
+    return list(newest.values())
 
-    durable = False
+
+class InMemoryProjectionStore:
+    """Views and offsets in a dict of this process (tests; lost on restart)."""
 
     def __init__(self) -> None:
         self._views: dict[str, OrderView] = {}
+        self._applied: dict[Partition, int] = {}
 
     async def get(self, order_id: str) -> OrderView | None:
         """The order's view, if any."""
         return self._views.get(order_id)
 
-    async def apply(self, view: OrderView) -> None:
-        """Keep the newer of the stored view and ``view``."""
-        current = self._views.get(view.order_id)
-        if current is None or not supersedes(current, view):
-            self._views[view.order_id] = view
+    async def apply(self, views: Sequence[OrderView], applied: Mapping[Partition, int]) -> None:
+        """Keep the newer of each stored view and the given one; move offsets forward."""
+        for view in views:
+            current = self._views.get(view.order_id)
+            if current is None or not supersedes(current, view):
+                self._views[view.order_id] = view
+        for partition, offset in applied.items():
+            self._applied[partition] = max(offset, self._applied.get(partition, -1))
+
+    async def applied_offsets(self, topics: Collection[str]) -> dict[Partition, int]:
+        """The offsets applied since this process started."""
+        return {tp: offset for tp, offset in self._applied.items() if tp[0] in topics}
 
 
 def view_of_fulfilled(record: ConsumerRecord) -> OrderView | None:

@@ -1,5 +1,6 @@
 """The HTTP ingress on a real broker: accepted events flow through every stage and their
-status shows up; invalid bodies publish nothing; an Idempotency-Key publishes once."""
+status shows up; invalid bodies publish nothing; an Idempotency-Key publishes once. Every
+request carries a customer's (or an operator's) bearer token, as in production."""
 
 from __future__ import annotations
 
@@ -23,11 +24,15 @@ from pipeline.kafka.topology import ORDERS_EVENTS, ORDERS_FULFILLED, Naming
 from pipeline.settings import Settings
 from pipeline.verify import read_topic
 from pipeline.workload import invalid_records
+from tests.integration.databases import fresh_sqlite_url
 from tests.integration.helpers import drain_and_verify, produce, running
+from tests.integration.tokens import customer, operator, trusting
 
 T = TypeVar("T")
 
-API = IngressSettings(publish_timeout_s=30)
+# A database of this session's own: keys and views of earlier runs must not answer.
+API = trusting(IngressSettings(publish_timeout_s=30, database_url=fresh_sqlite_url()))
+CUSTOMER = "cus-1"
 
 
 def _every_order_goes_through(settings: Settings) -> Settings:
@@ -43,7 +48,7 @@ def _placed(order_id: str, sequence: int = 1, **changes: Any) -> dict[str, Any]:
         "order_id": order_id,
         "sequence": sequence,
         "occurred_at": "2025-01-31T12:00:00Z",
-        "customer_id": "cus-1",
+        "customer_id": CUSTOMER,
         "currency": "EUR",
         "items": [{"sku": "book-1", "quantity": 2, "unit_price_cents": 1_250}],
     }
@@ -62,11 +67,18 @@ def _amended(order_id: str, sequence: int) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def serving(app: Any) -> AsyncIterator[httpx.AsyncClient]:
-    """The app's lifespan (its broker connected) and a client talking to it in-process."""
+async def serving(
+    app: Any, headers: dict[str, str] | None = None
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app's lifespan (its broker connected) and a client talking to it in-process,
+    sending ``headers`` (by default: the token of the customer the bodies name)."""
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ingress") as client:
+        async with httpx.AsyncClient(
+            transport=transport,
+            base_url="http://ingress",
+            headers=customer(CUSTOMER) if headers is None else headers,
+        ) as client:
             yield client
 
 
@@ -186,7 +198,9 @@ async def test_the_same_idempotency_key_publishes_one_event_and_answers_the_same
 async def test_a_dead_lettered_order_shows_as_dead_lettered_and_unknown_ones_404(
     settings: Settings, topics: Naming
 ) -> None:
-    async with running(settings), serving(create_ingress(settings, API)) as client:
+    # Bytes that are no event name no customer: only an operator can read their order.
+    ingress = create_ingress(settings, API)
+    async with running(settings), serving(ingress, headers=operator()) as client:
         await produce(settings, invalid_records("ord-broken"))  # bytes that are no event
         view = await eventually(_status_is(client, "ord-broken", status="dead_lettered"))
         unknown = await client.get("/orders/ord-never-seen")

@@ -191,3 +191,46 @@ def test_observability_services_mount_the_deploy_assets() -> None:
     for provider_file in GRAFANA_DASHBOARD_PROVIDERS.glob("*.yml"):
         for provider in yaml.safe_load(provider_file.read_text())["providers"]:
             assert provider["options"]["path"] == dashboards_at
+
+
+def test_the_order_api_trusts_the_key_the_api_token_service_signs_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    services = load_compose()["services"]
+    api_env, token_env = environment(services["api"]), environment(services["api-token"])
+    api = settings_from(api_env, monkeypatch).api
+    signer = settings_from(token_env, monkeypatch).api
+    assert not api.auth_disabled
+    assert api.auth_issuer == signer.auth_issuer
+    assert api.auth_audience == signer.auth_audience
+    key_dir = services["api-token"]["command"][
+        services["api-token"]["command"].index("--key-dir") + 1
+    ]
+    assert str(api.auth_jwks_file) == f"{key_dir}/jwks.json"
+    volume = next(v for v in services["api"]["volumes"] if v.startswith("api-auth:"))
+    assert volume == f"api-auth:{key_dir}:ro"
+    assert services["api"]["depends_on"]["api-token"]["condition"] == (
+        "service_completed_successfully"
+    )
+    for name, service in pipeline_services(load_compose()).items():
+        assert "PIPELINE_API_AUTH_DISABLED" not in environment(service), name
+
+
+def test_the_api_keeps_its_state_in_the_postgres_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.ingress.database import database_url
+
+    services = load_compose()["services"]
+    api, postgres = services["api"], services["postgres"]
+    url = database_url(settings_from(environment(api), monkeypatch).api)
+    assert url.drivername == "postgresql+asyncpg"
+    assert url.host == "postgres"
+    assert url.port == 5432
+    database = environment(postgres)
+    assert (url.username, url.password, url.database) == (
+        database["POSTGRES_USER"],
+        database["POSTGRES_PASSWORD"],
+        database["POSTGRES_DB"],
+    )
+    assert api["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    assert any(volume.endswith(":/var/lib/postgresql/data") for volume in postgres["volumes"])

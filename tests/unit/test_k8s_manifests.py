@@ -258,7 +258,7 @@ def test_services_monitors_and_budgets_select_their_stage(overlay: str) -> None:
 def test_network_policy_admits_monitoring_on_the_http_port(
     overlay: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (policy,) = of_kind(render(overlay), "NetworkPolicy").values()
+    policy = of_kind(render(overlay), "NetworkPolicy")["order-pipeline"]
     spec = policy["spec"]
     assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
     ingress_ports = {port["port"] for rule in spec["ingress"] for port in rule["ports"]}
@@ -345,3 +345,75 @@ def test_each_stage_pod_joins_its_group_as_a_static_member_named_after_itself(
         assert source["fieldPath"] == "metadata.name", stage
     for scaled in of_kind(manifests, "ScaledObject").values():
         assert scaled["spec"]["scaleTargetRef"]["kind"] == "StatefulSet"
+
+
+def test_prod_never_disables_the_order_api_authentication() -> None:
+    rendered = json.dumps(render("prod"))
+    assert "PIPELINE_API_AUTH_DISABLED" not in rendered.upper()
+
+
+def api_deployment(manifests: tuple[Manifest, ...]) -> Manifest:
+    """The order API's Deployment (the one whose container runs ``pipeline serve-api``)."""
+    (deployment,) = (
+        doc
+        for doc in of_kind(manifests, "Deployment").values()
+        if pipeline_container(doc).get("args") == ["serve-api"]
+    )
+    return deployment
+
+
+def test_the_api_takes_its_database_url_from_a_secret_only(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifests = render(overlay)
+    deployment = api_deployment(manifests)
+    container = pipeline_container(deployment)
+    env = {variable["name"]: variable for variable in container["env"]}
+    reference = env["PIPELINE_API_DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+    assert (reference["name"], reference["key"]) == ("pipeline-api-database", "url")
+    assert not reference.get("optional"), "without its database the API must not start"
+    environment = container_environment(manifests, deployment)
+    assert "PIPELINE_API_DATABASE_URL" not in environment, "a URL literal would leak"
+    assert "pipeline-api-database" not in of_kind(manifests, "Secret"), (
+        "the real Secret is created out of band; a placeholder would blank it"
+    )
+    known = settings_env_names()
+    names = set(environment) | set(env)
+    unknown = {n for n in names if n.upper().startswith("PIPELINE_") and n.upper() not in known}
+    assert not unknown, f"the API sets variables no setting reads: {sorted(unknown)}"
+    settings = settings_from(environment, monkeypatch)
+    assert settings.api.host == "0.0.0.0"
+    assert settings.api.database_migrate, "replicas migrate at start, under a lock"
+
+
+def test_the_api_is_probed_served_and_reachable(
+    overlay: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    manifests = render(overlay)
+    deployment = api_deployment(manifests)
+    container = pipeline_container(deployment)
+    settings = settings_from(container_environment(manifests, deployment), monkeypatch)
+    for probe, path in (("livenessProbe", "/health"), ("readinessProbe", "/ready")):
+        http_get = container[probe]["httpGet"]
+        assert http_get["path"] == path, probe
+        assert named_port(container, http_get["port"]) == settings.api.port
+    # /ready waits up to the database timeout for its answer.
+    assert container["readinessProbe"]["timeoutSeconds"] > settings.api.database_timeout_s
+    pod = deployment["spec"]["template"]
+    service = of_kind(manifests, "Service")["pipeline-api"]
+    assert selects(service["spec"]["selector"], pod["metadata"]["labels"])
+    (port,) = service["spec"]["ports"]
+    assert named_port(container, port["targetPort"]) == settings.api.port
+    budget = of_kind(manifests, "PodDisruptionBudget")["pipeline-api"]
+    assert selects(budget["spec"]["selector"]["matchLabels"], pod["metadata"]["labels"])
+    policy = of_kind(manifests, "NetworkPolicy")["order-pipeline-api"]["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], pod["metadata"]["labels"])
+    assert {p["port"] for rule in policy["ingress"] for p in rule["ports"]} == {settings.api.port}
+    assert 5432 in {p["port"] for rule in policy["egress"] for p in rule["ports"]}
+    context = pod["spec"]["securityContext"]
+    assert context["runAsNonRoot"] is True
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_prod_runs_several_api_replicas_sharing_one_database() -> None:
+    assert api_deployment(render("prod"))["spec"]["replicas"] >= 2

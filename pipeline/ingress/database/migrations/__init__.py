@@ -1,0 +1,2 @@
+"""Alembic migrations of the ingress's database (run by
+:func:`pipeline.ingress.database.migrate.upgrade`)."""
