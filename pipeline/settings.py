@@ -121,6 +121,12 @@ class StageSettings(BaseSettings):
     fetch_max_records: int = Field(default=2_000, ge=1)
     fetch_timeout_ms: int = Field(default=100, ge=1)
     commit_interval_ms: int = Field(default=500, ge=10)
+    lag_interval_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often a stage asks the broker for its partitions' end offsets to "
+        "report lag (a stalled stage commits nothing, yet its lag must show).",
+    )
     revoke_drain_timeout_s: float = Field(default=10.0, ge=0)
     shutdown_drain_timeout_s: float = Field(default=20.0, ge=0)
     max_poll_interval_ms: int = 300_000

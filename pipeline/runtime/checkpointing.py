@@ -41,6 +41,7 @@ class Checkpointing(EngineState):
             self._settled.set()
         elif self._commit_task is None:
             self._commit_task = asyncio.create_task(self._commit_periodically())
+            self._lag_task = asyncio.create_task(self._measure_lag_periodically())
 
     async def stop(self, timeout_s: float) -> None:
         """Take no more records, let in-flight ones finish within ``timeout_s``, commit."""
@@ -49,10 +50,11 @@ class Checkpointing(EngineState):
         self._capacity.set()
         self._settled.set()
         await self._drain(list(self._ledger.partitions.values()), timeout_s)
-        if self._commit_task is not None:
-            self._commit_task.cancel()
-            await asyncio.gather(self._commit_task, return_exceptions=True)
-            self._commit_task = None
+        for task in (self._commit_task, self._lag_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self._commit_task = self._lag_task = None
         await self.commit()
 
     # -- commits -----------------------------------------------------------------------
@@ -150,6 +152,33 @@ class Checkpointing(EngineState):
                 # A stop cancels this loop, never a transaction halfway through its
                 # commit; the stop's own commit waits for it on the lock.
                 await asyncio.shield(self.commit())
+
+    async def _measure_lag_periodically(self) -> None:
+        """The lag of every owned partition, from the broker's end offsets, on a timer.
+
+        Commits report lag too, but a stage that stalls (a handler that never returns,
+        intake blocked at the in-flight bound) commits nothing and fetches nothing: only
+        asking the broker shows its backlog growing, so the lag alert can fire.
+        """
+        interval = self._settings.lag_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            consumer = self._consumer
+            if consumer is None or not self._ledger.assigned:
+                continue
+            tps = [TopicPartition(*slot) for slot in self._ledger.assigned]
+            try:
+                ends = await asyncio.wait_for(consumer.end_offsets(tps), interval)
+                group = await asyncio.wait_for(consumer.committed(tps), interval)
+            except (KafkaError, TimeoutError) as exc:
+                log.debug("%s: lag not measured: %r", self.spec.name, exc)
+                continue
+            for tp in tps:
+                partition = self._ledger.partitions.get(tp)
+                mine = partition.offsets.committed_offset if partition is not None else None
+                committed = mine if mine is not None else group.get(tp) or 0
+                if tp in ends:
+                    self._observer.lag(tp, max(0, ends[tp] - committed))
 
     async def assigned(self, partitions: set[TopicPartition]) -> None:
         """The consumer now owns ``partitions`` (called on every rebalance); keys held in

@@ -104,3 +104,11 @@ class ConsumerPort(ConsumerControl, OffsetCommitter, Protocol):
     def highwater(self, partition: TopicPartition) -> int | None:
         """The partition's end offset as last fetched, if known (for lag)."""
         ...
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The partitions' end offsets, asked of the broker now."""
+        ...
+
+    async def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The group's committed offsets of the partitions (those that have one)."""
+        ...

@@ -103,6 +103,7 @@ class EngineState:
         # loaded): the consumer hands out records while its rebalance callback still runs.
         self._settled = asyncio.Event()
         self._commit_task: asyncio.Task[None] | None = None
+        self._lag_task: asyncio.Task[None] | None = None
         self._closing = False
         self.failure: BaseException | None = None
         self._failure_listeners: list[Callable[[BaseException], None]] = []

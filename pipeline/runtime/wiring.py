@@ -54,6 +54,16 @@ class ConsumerFlow:
         end: int | None = self._consumer.highwater(partition)
         return end
 
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The partitions' end offsets, asked of the broker now (not the last fetch's)."""
+        ends: dict[TopicPartition, int] = await self._consumer.end_offsets(partitions)
+        return ends
+
+    async def committed(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The group's committed offsets of the partitions (those that have one)."""
+        found = {tp: await self._consumer.committed(tp) for tp in partitions}
+        return {tp: offset for tp, offset in found.items() if offset is not None}
+
     def pause(self, partition: TopicPartition) -> None:
         """Stop fetching ``partition``."""
         self._consumer.pause(partition)

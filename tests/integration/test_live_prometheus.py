@@ -2,9 +2,16 @@
 ``prometheus``, as promtool is) scraping the four stages while orders flow.
 
 After traffic, every panel's query returns data; a stage killed with SIGKILL makes
-``PipelineStageDown`` fire. The rules' ``for:`` durations are shortened for the test
-only; the shipped ones are untouched (their own behaviour is unit-tested with
-synthetic series in deploy/prometheus/alerts.test.yml).
+``PipelineStageDown`` fire; a stage that stalls (its handler never returns) while orders
+keep arriving makes ``PipelineConsumerLagGrowing`` fire. The rules' ``for:`` durations
+(and the lag alert's window and backlog threshold) are shortened for the test only; the
+shipped ones are
+untouched (their own behaviour is unit-tested with synthetic series in
+deploy/prometheus/alerts.test.yml).
+
+``pipeline_consumer_lag`` is exported by the stage process itself, on each commit and on
+a timer from the broker's end offsets, so a stage that stops committing still shows its
+growing backlog; a frozen process is not scraped (``PipelineStageDown`` covers that).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import httpx
 import pytest
 import yaml
 
+from pipeline.kafka.lag import stage_lag
 from pipeline.kafka.topology import STAGE_NAMES, Naming
 from pipeline.settings import Settings
 from tests.integration.helpers import drain_and_verify, produce_orders, start_stage_process
@@ -37,13 +45,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+LAG_WINDOW = ("[10m:1m]", "[20s:1s]")
+LAG_BACKLOG = ("> 1000", "> 500")
+"""The lag alert's trend window and backlog threshold, shipped -> in this test."""
+
+
 def shortened_rules(directory: Path) -> Path:
-    """The shipped alerts with every ``for:`` at 3 s (scrapes every second here)."""
+    """The shipped alerts with every ``for:`` at 3 s (scrapes every second here), and the
+    lag alert's trend over 20 s of a backlog over 500 records."""
     rules = yaml.safe_load(ALERTS.read_text())
     for group in rules["groups"]:
         for rule in group["rules"]:
             if "for" in rule:
                 rule["for"] = "3s"
+            if rule.get("alert") == "PipelineConsumerLagGrowing":
+                for shipped, short in (LAG_WINDOW, LAG_BACKLOG):
+                    assert shipped in rule["expr"], f"the lag alert no longer has {shipped}"
+                    rule["expr"] = rule["expr"].replace(shipped, short)
     path = directory / "alerts.yml"
     path.write_text(yaml.safe_dump(rules))
     return path
@@ -176,6 +194,66 @@ async def test_every_panel_has_data_and_a_killed_stage_fires_stage_down(
         [firing] = await until(stage_down_fires, timeout_s=60)
         assert firing["labels"]["stage"] == "reserve"
         assert firing["annotations"]["runbook"] == "docs/deploy.md#stage-down"
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in processes.values():
+            process.wait(timeout=60)
+
+
+async def test_a_stalled_stage_fires_consumer_lag_growing(
+    settings: Settings,
+    topics: Naming,
+    stage_ports: dict[str, int],
+    client: httpx.AsyncClient,
+) -> None:
+    # pay's payment calls never return within the test and it takes at most 10 records
+    # at once: it stalls, committing and fetching nothing, while orders keep arriving.
+    # Only its lag, measured from the broker's end offsets, can show it.
+    slow = {
+        "PIPELINE_SERVICES_LATENCY_MS": "600000",
+        "PIPELINE_STAGE_MAX_IN_FLIGHT": "10",
+        "PIPELINE_STAGE_LAG_INTERVAL_S": "1",
+    }
+    processes = {
+        stage: start_stage_process(
+            settings,
+            stage,
+            PIPELINE_HTTP_ENABLED="true",
+            PIPELINE_HTTP_PORT=str(port),
+            **(slow if stage == "pay" else {}),
+        )
+        for stage, port in stage_ports.items()
+    }
+
+    async def keep_ordering() -> None:
+        while True:
+            await produce_orders(settings, 100, invalid_every=0)
+            await asyncio.sleep(0.5)
+
+    try:
+        await until(lambda: _all_up(client))
+        feeding = asyncio.create_task(keep_ordering())
+        try:
+
+            async def lag_growing_fires() -> list[Any]:
+                alerts = (await client.get("/api/v1/alerts")).json()["data"]["alerts"]
+                return [
+                    a
+                    for a in alerts
+                    if a["labels"]["alertname"] == "PipelineConsumerLagGrowing"
+                    and a["state"] == "firing"
+                ]
+
+            firing = await until(lag_growing_fires, timeout_s=60)
+            # the backlog is real: Kafka's own view of the group agrees
+            behind = await stage_lag(settings.kafka, ["pay"], topics, settings.topics.retry_levels)
+        finally:
+            feeding.cancel()
+        assert [a["labels"]["stage"] for a in firing] == ["pay"]
+        assert firing[0]["annotations"]["runbook"] == "docs/deploy.md#consumer-lag-growing"
+        assert behind["pay"] > 500
     finally:
         for process in processes.values():
             if process.poll() is None:
