@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.bench.checkout import run_checkout
 from pipeline.bench.runner import RunResult, run_chain
 from pipeline.settings import Guarantee, Settings, TransactionScheme
 
@@ -22,6 +23,7 @@ class BenchSizes:
     keys: int = 1_000
     io_delay_ms: float = 5.0
     burst_factor: int = 10
+    checkout_events: int = 100_000
 
 
 def _summary(
@@ -124,6 +126,20 @@ async def run_scenarios(
             results["eos"]["partitions"] = settings.topics.partitions
             results["eos"]["per_partition_eps"] = round(per_partition.eps, 1)
             results["eos"]["per_partition_vs_pipeline"] = round(per_partition.eps / pipe.eps, 3)
+        elif name == "checkout":
+            # the real stages against the framework-free loop, on the same handlers
+            runs = []
+            for implementation in ("framework-free", "pipeline"):
+                say(f"checkout: {implementation}, {sizes.checkout_events} events backlog")
+                runs.append(await run_checkout(settings, implementation, sizes.checkout_events))
+            free, real = runs
+            results["checkout"] = {
+                "runs": [run.as_dict() for run in runs],
+                "drain_vs_framework_free": round(real.drain_eps / free.drain_eps, 3),
+                "steady_vs_framework_free": round(real.steady_eps / free.steady_eps, 3),
+                "cpu_s_per_1k_events": round(real.cpu_s_per_1k, 4),
+                "clean": real.clean and free.clean,
+            }
         elif name == "burst":
             backlog = sizes.burst_factor * settings.stage.max_in_flight
             say(f"burst: pipeline drains a backlog of {backlog} events")
@@ -156,7 +172,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         "|---|---|---:|---:|---:|---:|---|---|---|---:|",
     ]
     for scenario, summary in results.items():
-        if scenario == "machine":
+        if scenario in ("machine", "checkout"):
             continue
         for run in summary["runs"]:
             lines.append(
@@ -166,5 +182,20 @@ def markdown_table(results: dict[str, Any]) -> str:
                 f"{', '.join(f'{r:.0f}' for r in run['rss_mb_per_hop'])} | "
                 f"{', '.join(str(c) for c in run['connections_per_hop'])} | "
                 f"{run['order_violations']} |"
+            )
+    if "checkout" in results:
+        lines += [
+            "",
+            "| checkout | events | drain s | drain events/s | steady events/s | "
+            "CPU s per 1k events | peak RSS MB per stage | verified |",
+            "|---|---:|---:|---:|---:|---:|---|---|",
+        ]
+        for run in results["checkout"]["runs"]:
+            lines.append(
+                f"| {run['implementation']} | {run['events']:,} | {run['drain_s']:.1f} | "
+                f"{run['drain_eps']:,.0f} | {run['steady_eps']:,.0f} | "
+                f"{run['cpu_s_per_1k_events']:.3f} | "
+                f"{', '.join(f'{r:.0f}' for r in run['rss_mb_per_stage'])} | "
+                f"{'clean' if run['clean'] else 'NOT CLEAN'} |"
             )
     return "\n".join(lines)

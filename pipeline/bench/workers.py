@@ -27,7 +27,7 @@ from pipeline.bench.model import (
     hop_topic,
 )
 from pipeline.kafka.connection import stop_consumer
-from pipeline.kafka.topology import Naming
+from pipeline.kafka.topology import STAGE_NAMES, Naming
 from pipeline.settings import Settings
 
 
@@ -75,6 +75,68 @@ async def run_pipeline_hop(
     _ready()
     await _until_signal()
     await pipeline.stop()
+
+
+async def run_checkout_stage(settings: Settings, hop: int, delay_ms: float) -> None:
+    """Checkout stage number ``hop`` on the runtime, as ``pipeline run STAGE`` runs it."""
+    from pipeline.app import create_app
+
+    pipeline = create_app(settings, [STAGE_NAMES[hop]], http=False)
+    await pipeline.start()
+    engine = pipeline.runtimes[0].engine
+    while engine.assignment is None:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    _ready()
+    await _until_signal()
+    await pipeline.stop()
+
+
+async def run_raw_checkout_stage(settings: Settings, hop: int, delay_ms: float) -> None:
+    """Checkout stage number ``hop`` with no framework: the stage's own handler and
+    models in the smallest batched aiokafka loop that keeps per-key order."""
+    from pipeline.runtime.stage import encode
+    from pipeline.stages import checkout, checkout_services
+    from pipeline.stages.services import simulated_services
+
+    spec = checkout.stages[STAGE_NAMES[hop]]
+    services = simulated_services(settings.services)
+    call = spec.call(None, {checkout_services: lambda: services})
+    decode = spec.decoder()
+    naming = Naming.of(settings.topics)
+    listener = _Assigned()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_hosts,
+        group_id=naming.group(f"raw-{spec.name}"),
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    consumer.subscribe([naming.topic(spec.source)], listener=listener)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_hosts,
+        enable_idempotence=True,
+        linger_ms=settings.stage.producer_linger_ms,
+        max_batch_size=settings.stage.producer_max_batch_bytes,
+    )
+    await consumer.start()
+    await producer.start()
+    sink = naming.topic(spec.sink)
+    stop = asyncio.ensure_future(_until_signal())
+    first = True
+    while not stop.done():
+        batch = await consumer.getmany(timeout_ms=100, max_records=settings.stage.fetch_max_records)
+        if first and listener.event.is_set():
+            _ready()
+            first = False
+        pending = []
+        for records in batch.values():
+            for record in records:  # one partition in order: each key's order is kept
+                result = await call(decode(record.value))
+                pending.append(await producer.send(sink, encode(result), key=record.key))
+        if pending:
+            await asyncio.gather(*pending)
+            await consumer.commit()
+    await producer.stop()
+    await stop_consumer(consumer)
 
 
 async def run_raw_hop(settings: Settings, hop: int, delay_ms: float) -> None:
@@ -201,7 +263,16 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of a worker process."""
     parser = argparse.ArgumentParser()
     parser.add_argument(
-        "role", choices=["pipeline", "pipeline-batched", "raw", "faststream", "sink"]
+        "role",
+        choices=[
+            "pipeline",
+            "pipeline-batched",
+            "raw",
+            "faststream",
+            "checkout-pipeline",
+            "checkout-raw",
+            "sink",
+        ],
     )
     parser.add_argument("--hop", type=int, default=0)
     parser.add_argument("--delay-ms", type=float, default=0.0)
@@ -212,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     runners: dict[str, Any] = {
         "pipeline": run_pipeline_hop,
         "pipeline-batched": run_batched_pipeline_hop,
+        "checkout-pipeline": run_checkout_stage,
+        "checkout-raw": run_raw_checkout_stage,
         "raw": run_raw_hop,
         "faststream": run_faststream_hop,
     }

@@ -22,7 +22,7 @@ def bench(
     json_path: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
     scenario: Annotated[
         list[str] | None,
-        typer.Option(help="cpu, io, burst, eos (repeatable; default cpu, io, burst)."),
+        typer.Option(help="cpu, io, burst, eos, checkout (repeatable; default cpu, io, burst)."),
     ] = None,
     events: Annotated[int, typer.Option(help="Events for cpu and eos (io: half).")] = 200_000,
     partitions: Annotated[
@@ -34,7 +34,9 @@ def bench(
     if partitions is not None:
         topics = settings.topics.model_copy(update={"partitions": partitions})
         settings = settings.model_copy(update={"topics": topics})
-    sizes = BenchSizes(cpu_events=events, io_events=events // 2)
+    sizes = BenchSizes(
+        cpu_events=events, io_events=events // 2, checkout_events=max(100_000, events // 2)
+    )
     names = scenario or ["cpu", "io", "burst"]
 
     async def run() -> dict[str, Any]:
@@ -56,6 +58,9 @@ def bench(
                 "eos_eps",
                 "eos_vs_pipeline",
                 "per_partition_vs_pipeline",
+                "drain_vs_framework_free",
+                "steady_vs_framework_free",
+                "cpu_s_per_1k_events",
                 "p99_ms",
                 "rss_mb",
                 "order_violations",

@@ -13,12 +13,10 @@ from importlib.metadata import version
 from typing import Any
 
 from aiokafka.structs import TopicPartition
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from pipeline.failures.classify import Verdict
-from schemas import OrderAmended, OrderCancelled, OrderPlaced, OrderProgress
-
-ORDER_EVENT_TYPES = (OrderPlaced, OrderAmended, OrderCancelled)
+from pipeline.telemetry.histograms import LoopHistogram
 
 # Handlers here take microseconds (in-memory) to tens of milliseconds (remote calls).
 HANDLER_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -55,19 +53,19 @@ class PipelineMetrics:
             ["stage", "exception_type"],
             registry=registry,
         )
-        self.handler_duration = Histogram(
+        # observed for every record: the engine's loop-local histograms, not prometheus
+        # client's locked ones (pipeline/telemetry/histograms.py)
+        self.handler_duration = LoopHistogram(
             "pipeline_handler_duration_seconds",
             "Time from a record's start to its handler's result.",
-            ["stage"],
-            buckets=HANDLER_BUCKETS,
-            registry=registry,
+            HANDLER_BUCKETS,
+            registry,
         )
-        self.end_to_end = Histogram(
+        self.end_to_end = LoopHistogram(
             "pipeline_end_to_end_latency_seconds",
-            "Time from the order event's creation to its handling at this stage.",
-            ["stage"],
-            buckets=END_TO_END_BUCKETS,
-            registry=registry,
+            "Time from the event's creation (its occurred_at) to its handling here.",
+            END_TO_END_BUCKETS,
+            registry,
         )
         self.in_flight = Gauge(
             "pipeline_in_flight_records",
@@ -220,6 +218,10 @@ class PrometheusObserver:
 
 
 def _occurred_at(event: Any) -> datetime | None:
-    """When the order event behind ``event`` was created, if the model says so."""
-    inner = event.event if isinstance(event, OrderProgress) else event
-    return inner.occurred_at if isinstance(inner, ORDER_EVENT_TYPES) else None
+    """When the event behind ``event`` was created, if its model says so: an
+    ``occurred_at`` datetime on it, or on the event it carries as ``event`` (the
+    checkout's progress records carry their order event)."""
+    occurred_at = getattr(event, "occurred_at", None)
+    if occurred_at is None:
+        occurred_at = getattr(getattr(event, "event", None), "occurred_at", None)
+    return occurred_at if isinstance(occurred_at, datetime) else None
