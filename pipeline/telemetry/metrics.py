@@ -219,9 +219,26 @@ class PrometheusObserver:
 
 def _occurred_at(event: Any) -> datetime | None:
     """When the event behind ``event`` was created, if its model says so: an
-    ``occurred_at`` datetime on it, or on the event it carries as ``event`` (the
-    checkout's progress records carry their order event)."""
-    occurred_at = getattr(event, "occurred_at", None)
-    if occurred_at is None:
-        occurred_at = getattr(getattr(event, "event", None), "occurred_at", None)
-    return occurred_at if isinstance(occurred_at, datetime) else None
+    ``occurred_at`` field on it, or on the event it carries as ``event`` (the checkout's
+    progress records carry their order event). Which of them is decided once per model:
+    looking up a missing attribute of a pydantic model raises inside, on every record."""
+    kind = type(event)
+    path = _OCCURRED_AT.get(kind)
+    if path is None:
+        path = _OCCURRED_AT[kind] = _path_to_occurred_at(kind)
+    value = event
+    for name in path:
+        value = getattr(value, name, None)
+    return value if path and isinstance(value, datetime) else None
+
+
+_OCCURRED_AT: dict[type, tuple[str, ...]] = {}
+
+
+def _path_to_occurred_at(kind: type) -> tuple[str, ...]:
+    fields = getattr(kind, "model_fields", {})
+    if "occurred_at" in fields:
+        return ("occurred_at",)
+    if "event" in fields:
+        return ("event", "occurred_at")  # the carried event's type is checked per record
+    return ()
