@@ -19,6 +19,7 @@ from aiokafka.structs import TopicPartition
 
 from pipeline.failures.dead_letters import (
     DeadLetterFilter,
+    discard,
     held_keys,
     list_dead_letters,
     replay,
@@ -223,3 +224,52 @@ async def _equal(first: Awaitable[int], second: Awaitable[int]) -> bool:
 
 async def _no_holds(settings: Settings, naming: Naming) -> bool:
     return not await held_keys(settings.kafka, naming, ["post"])
+
+
+async def test_discarding_the_dead_letter_releases_the_parked_events_without_it(
+    settings: Settings, tmp_path: Path
+) -> None:
+    (tmp_path / "ledger.py").write_text(LEDGER)
+    env = {**stage_env(settings), "PYTHONPATH": "", "LEDGER_FIXED": str(tmp_path / "never")}
+    applied = await asyncio.create_subprocess_exec(
+        str(PIPELINE_BIN),
+        *("topics", "apply", "ledger:pipeline"),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(applied.communicate(), 120)
+    assert applied.returncode == 0, output.decode()
+    naming = Naming.of(settings.topics)
+    entries, posted = naming.topic("entries"), naming.topic("posted")
+
+    async def count(topic: str) -> int:
+        return len(await read_topic(settings.kafka, topic))
+
+    process = start(tmp_path, env)
+    try:
+        await produce(
+            settings, entries, [entry(HELD, 0, amount=-5), entry(HELD, 1), entry(HELD, 2)]
+        )
+        await until(lambda: _at_least(count, naming.parked("post"), 2))
+        letters = await list_dead_letters(
+            settings.kafka, naming, DeadLetterFilter(stages=("post",))
+        )
+        assert await discard(settings.kafka, naming, letters) == letters
+        await until(lambda: _at_least(count, posted, 2))
+        await until(lambda: _no_holds(settings, naming))
+        await produce(settings, entries, [entry(HELD, 3)])  # the key flows again
+        await until(lambda: _at_least(count, posted, 3))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    records = await read_topic(settings.kafka, posted)
+    assert [json.loads(r.value)["seq"] for r in records] == [1, 2, 3]
+    handled = await list_dead_letters(
+        settings.kafka, naming, DeadLetterFilter(stages=("post",), include_handled=True)
+    )
+    assert [letter.action for letter in handled] == ["discarded"]

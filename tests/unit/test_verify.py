@@ -193,3 +193,46 @@ def test_input_missing_its_sequence_is_accounted_by_its_dead_letter() -> None:
     report = check([broken], [], [dead])
 
     assert (report.lost, report.unknown) == (0, 0)
+
+
+def _parked(event: OrderPlaced | OrderAmended, offset: int) -> ConsumerRecord[bytes, bytes]:
+    headers = [(provenance.HOLD, b"orders.events/0/0")]
+    body = event.model_dump_json().encode()
+    return consumer_record(
+        "validate.parked", offset, event.order_id.encode(), body, headers=headers
+    )
+
+
+def test_an_event_parked_behind_a_held_key_is_parked_not_lost() -> None:
+    inputs = _inputs(*ORDER_A)
+    dead = [_dead_letter(inputs[0], "validate", UndecodableRecord("held here"))]
+
+    report = check(inputs, [], dead, parked=[_parked(ORDER_A[1], 0)])
+
+    assert report.clean
+    assert (report.dead_lettered, report.parked, report.lost) == (1, 1, 0)
+
+
+def test_a_released_event_still_in_the_parked_topic_is_no_duplicate() -> None:
+    inputs = _inputs(*ORDER_A)
+    dead = [_dead_letter(inputs[0], "validate", UndecodableRecord("held here"))]
+
+    report = check(inputs, _fulfilled(ORDER_A[1]), dead, parked=[_parked(ORDER_A[1], 0)])
+
+    assert report.clean
+    assert (report.parked, report.duplicated) == (0, 0)
+
+
+def test_a_discard_marker_in_the_input_is_no_event() -> None:
+    marker = consumer_record(
+        EVENTS,
+        5,
+        b"ord-b",
+        b"",
+        headers=[(provenance.RELEASE_OF, b"orders.events/0/0"), (provenance.RELEASE_DISCARD, b"1")],
+    )
+
+    report = check([*_inputs(*ORDER_B), marker], _fulfilled(*ORDER_B), [])
+
+    assert report.clean
+    assert report.events == 1
