@@ -32,6 +32,7 @@ from pydantic import BaseModel
 
 from pipeline.errors import ConfigurationError
 from pipeline.failures.classify import ErrorPolicy, default_error_policy
+from pipeline.kafka.topology import entry_topics, flow_topics, terminal_topics
 from pipeline.runtime.micro_batch import MicroBatcher
 from pipeline.runtime.stage import StageSpec
 from pipeline.settings import Guarantee
@@ -147,21 +148,15 @@ class Pipeline:
 
     def topics(self) -> list[str]:
         """Every topic the stages read or write, in declaration order (no duplicates)."""
-        seen: dict[str, None] = {}
-        for spec in self._stages.values():
-            for topic in (spec.source, *spec.output_topics):
-                seen.setdefault(topic, None)
-        return list(seen)
+        return flow_topics(self._stages.values())
 
     def entry_topics(self) -> list[str]:
         """Topics the stages read that no stage writes: where events come in."""
-        written = {topic for spec in self._stages.values() for topic in spec.output_topics}
-        return [s.source for s in self._stages.values() if s.source not in written]
+        return entry_topics(self._stages.values())
 
     def terminal_topics(self) -> list[str]:
         """Topics the stages write that no stage reads: where events leave."""
-        read = {spec.source for spec in self._stages.values()}
-        return [topic for topic in self.topics() if topic not in read]
+        return terminal_topics(self._stages.values())
 
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, stages={list(self._stages)})"

@@ -13,6 +13,11 @@ declares (outputs, dead letters). Two things FastStream cannot see are added her
 Retry and dead-letter messages also document the provenance headers they carry.
 ``docs/asyncapi.json`` is this document for :func:`reference_settings`;
 ``tests/unit/test_asyncapi.py`` fails when the two differ.
+
+A user's pipeline (``pipeline asyncapi module:attr``) gets the same document from its own
+stages. An output a handler sends as ``Output(...)`` has no model in its signature: its
+channel takes the input model of the stage that reads the topic, or, on a topic no stage
+reads, says that the model is not declared.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from pydantic import TypeAdapter
 from pipeline.app import PipelineApp, create_app
 from pipeline.failures import ladder, provenance
 from pipeline.kafka.topology import Naming
+from pipeline.loading import LoadedPipeline
 from pipeline.runtime.stage import StageSpec
 from pipeline.settings import (
     HttpSettings,
@@ -113,21 +119,34 @@ class PipelineDocument:
         return str(yaml.safe_dump(self.document, sort_keys=False, allow_unicode=True))
 
 
+USER_PIPELINE_VERSION = "0.1.0"
+"""``info.version`` of a user's pipeline's document (FastStream's default)."""
+
+
 def pipeline_asyncapi(
-    settings: Settings, extra_brokers: Iterable[KafkaBroker] = ()
+    settings: Settings,
+    extra_brokers: Iterable[KafkaBroker] = (),
+    *,
+    flow: LoadedPipeline | None = None,
 ) -> PipelineDocument:
-    """The pipeline's AsyncAPI 3 document; ``extra_brokers`` (the HTTP ingress's, say)
-    add their own channels to it."""
-    pipeline = create_app(settings, http=False)
+    """The AsyncAPI 3 document of ``flow``'s stages (``None``: the checkout flow's);
+    ``extra_brokers`` (the HTTP ingress's, say) add their own channels to it."""
+    if flow is None:
+        pipeline = create_app(settings, http=False)
+        title, version, description = TITLE, _package_version(), DESCRIPTION
+    else:
+        pipeline = create_app(settings, http=False, catalog=flow.stages)
+        title, version = flow.name, USER_PIPELINE_VERSION
+        description = flow.description or _flow_description(flow)
     naming = Naming.of(settings.topics)
     _declare_retry_publishers(pipeline, naming, settings.topics.retry_levels)
     document: dict[str, Any] = (
         AsyncAPI(
             pipeline.broker,
             *extra_brokers,
-            title=TITLE,
-            version=_package_version(),
-            description=DESCRIPTION,
+            title=title,
+            version=version,
+            description=description,
         )
         .to_specification()
         .to_jsonable()
@@ -142,6 +161,9 @@ def pipeline_asyncapi(
         for level in range(1, settings.topics.retry_levels + 1):
             _describe(document, f"{naming.retry(spec.name, level)}:publish", payload, RETRY_HEADERS)
         _describe(document, f"{naming.dead_letter(spec.name)}:publish", _RAW, PROVENANCE_HEADERS)
+    _describe_untyped_outputs(
+        document, schemas, [runtime.spec for runtime in pipeline.runtimes], naming
+    )
     _prune_unreferenced_schemas(document)
     # Named things in name order: a diff of the checked-in file then shows what changed.
     for parent, part in ((document, "channels"), (document, "operations")):
@@ -155,6 +177,39 @@ _RAW = {
     "description": "The record as the stage received it: its input event, or the bytes "
     "that failed to decode."
 }
+
+
+def _flow_description(flow: LoadedPipeline) -> str:
+    """One line per stage: what it reads and writes."""
+    return "Stages: " + "; ".join(
+        f"{name} ({spec.source} -> {', '.join(spec.output_topics)})"
+        for name, spec in flow.stages.items()
+    )
+
+
+def _describe_untyped_outputs(
+    document: dict[str, Any],
+    schemas: dict[str, Any],
+    stages: list[StageSpec[Any, Any]],
+    naming: Naming,
+) -> None:
+    """Give each output channel whose model the handler's signature does not declare the
+    input model of the stage reading that topic, or say that it is not declared."""
+    readers = {spec.source: spec for spec in stages}
+    for spec in stages:
+        for topic in spec.output_topics:
+            if topic == spec.sink and spec.output_type is not None:
+                continue  # FastStream documents the declared model
+            reader = readers.get(topic)
+            payload = (
+                _register_input_schema(schemas, reader)
+                if reader is not None
+                else {
+                    "description": f"Events the {spec.name} stage sends as Output(...): "
+                    "their model is not in its handler's signature."
+                }
+            )
+            _describe(document, f"{naming.topic(topic)}:publish", payload, None)
 
 
 def _package_version() -> str:

@@ -12,7 +12,13 @@ from typing import Any
 
 from pipeline.api import Pipeline
 from pipeline.errors import ConfigurationError
-from pipeline.kafka.topology import ORDERS_EVENTS, STAGE_NAMES, STAGE_TOPICS
+from pipeline.kafka.topology import (
+    ORDERS_EVENTS,
+    STAGE_NAMES,
+    STAGE_TOPICS,
+    entry_topics,
+    terminal_topics,
+)
 from pipeline.runtime.stage import StageSpec
 
 
@@ -24,6 +30,20 @@ class LoadedPipeline:
     stages: Mapping[str, StageSpec[Any, Any]]
     flow: Sequence[str]
     """Every topic the stages read or write."""
+    description: str = ""
+
+    @property
+    def sources(self) -> dict[str, str]:
+        """Stage name -> the (logical) topic it reads."""
+        return {name: spec.source for name, spec in self.stages.items()}
+
+    def entry_topics(self) -> list[str]:
+        """Topics the stages read that no stage writes: where events come in."""
+        return entry_topics(self.stages.values())
+
+    def terminal_topics(self) -> list[str]:
+        """Topics the stages write that no stage reads: where events leave."""
+        return terminal_topics(self.stages.values())
 
 
 def load_pipeline(path: str | None) -> LoadedPipeline:
@@ -33,7 +53,7 @@ def load_pipeline(path: str | None) -> LoadedPipeline:
         from pipeline.stages import checkout
 
         flow = [ORDERS_EVENTS, *(STAGE_TOPICS[name][1] for name in STAGE_NAMES)]
-        return LoadedPipeline("checkout", checkout.stages, flow)
+        return LoadedPipeline("checkout", checkout.stages, flow, checkout.description)
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ConfigurationError(f"{path!r} is not module:attribute (e.g. myapp.flows:pipeline)")
@@ -48,9 +68,18 @@ def load_pipeline(path: str | None) -> LoadedPipeline:
         raise ConfigurationError(f"{path} is a {type(found).__name__}, not a Pipeline")
     if not found.stages:
         raise ConfigurationError(f"{path} declares no stages")
-    return LoadedPipeline(found.name, found.stages, found.topics())
+    return LoadedPipeline(found.name, found.stages, found.topics(), found.description)
 
 
 def is_pipeline_path(argument: str) -> bool:
-    """Whether a command-line argument names a pipeline rather than a stage."""
-    return ":" in argument
+    """Whether a command-line argument names a pipeline (``module:attribute``, one colon)
+    rather than a stage or a dead letter (``stage:partition:offset``, two)."""
+    return argument.count(":") == 1
+
+
+def split_pipeline_path(arguments: Sequence[str]) -> tuple[str | None, list[str]]:
+    """A command's positional arguments as (the pipeline they lead with, if one, the
+    rest): ``pipeline dlq replay sensors:pipeline store:0:12`` names both."""
+    if arguments and is_pipeline_path(arguments[0]):
+        return arguments[0], list(arguments[1:])
+    return None, list(arguments)

@@ -226,9 +226,15 @@ async def _still_parked(settings: KafkaSettings, naming: Naming) -> list[Consume
     """The parked events of keys still held (each stage's journal says which)."""
     waiting: list[ConsumerRecord] = []
     for stage in STAGE_NAMES:
-        holds = parked_keys(await read_topic(settings, naming.holds(stage)))
-        current = {hold.head for hold in holds.values()}
-        if current:
-            parked = await read_topic(settings, naming.parked(stage))
-            waiting += [record for record in parked if hold_of(record) in current]
+        waiting += await still_parked(settings, naming, stage)
     return waiting
+
+
+async def still_parked(settings: KafkaSettings, naming: Naming, stage: str) -> list[ConsumerRecord]:
+    """The parked events of ``stage``'s keys still held (its journal says which)."""
+    holds = parked_keys(await read_topic(settings, naming.holds(stage)))
+    current = {hold.head for hold in holds.values()}
+    if not current:
+        return []
+    parked = await read_topic(settings, naming.parked(stage))
+    return [record for record in parked if hold_of(record) in current]

@@ -25,14 +25,13 @@ from pipeline.cli.dlq import dlq_app
 from pipeline.cli.kafka import kafka_app
 from pipeline.cli.schedule import schedule
 from pipeline.cli.topics import topics_app
+from pipeline.cli.verify import print_report, verify
 from pipeline.errors import PipelineError
 from pipeline.kafka.produce import produce_records
 from pipeline.kafka.topology import ORDERS_EVENTS, STAGE_NAMES, Naming
 from pipeline.loading import is_pipeline_path, load_pipeline
 from pipeline.settings import Guarantee, load_settings
 from pipeline.telemetry.tracing import TraceContextFilter
-from pipeline.verify import VerifyReport
-from pipeline.verify import verify as verify_topics
 from pipeline.workload import generate
 
 app = typer.Typer(help="A key-ordered Kafka checkout pipeline on FastStream.", no_args_is_help=True)
@@ -46,6 +45,7 @@ app.command("serve-api")(serve_api)
 app.command("api-token")(api_token)
 app.command()(asyncapi)
 app.command()(schedule)
+app.command()(verify)
 console = Console()
 err_console = Console(stderr=True)
 
@@ -171,45 +171,6 @@ def produce(
             )
         )
     console.print(f"produced {sent} events for {orders} orders to {ORDERS_EVENTS}")
-
-
-def print_report(report: VerifyReport) -> None:
-    """The verifier's summary as a table."""
-    table = Table(title="verify")
-    table.add_column("check")
-    table.add_column("value", justify="right")
-    for name in (
-        "events",
-        "fulfilled",
-        "dead_lettered",
-        "replayed",
-        "lost",
-        "duplicated",
-        "out_of_order",
-        "unknown",
-    ):
-        value = getattr(report, name)
-        bad = name in ("lost", "duplicated", "out_of_order", "unknown") and value
-        table.add_row(name, f"[red]{value}[/red]" if bad else str(value))
-    for status, count in sorted(report.statuses.items()):
-        table.add_row(f"  status {status}", str(count))
-    for reason, count in sorted(report.dead_letter_reasons.items()):
-        table.add_row(f"  dead letter {reason}", str(count))
-    console.print(table)
-    for kind, examples in report.examples.items():
-        console.print(f"[red]{kind}[/red] e.g. {', '.join(examples)}")
-
-
-@app.command()
-def verify(json_output: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Check that every input event is fulfilled or dead-lettered exactly once, in order."""
-    settings = load_settings()
-    report = asyncio.run(verify_topics(settings.kafka, Naming.of(settings.topics)))
-    if json_output:
-        typer.echo(json.dumps(report.as_dict()))
-    else:
-        print_report(report)
-    raise typer.Exit(0 if report.clean else 1)
 
 
 @app.command()

@@ -9,7 +9,7 @@ log to account replayed events where they ended up.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -151,11 +151,26 @@ async def _record_actions(
         )
 
 
+def _origin(letter: DeadLetter, naming: Naming, sources: Mapping[str, str] | None) -> str:
+    """The topic ``letter``'s stage read it from: its provenance says, else the stage's
+    input (``sources``: stage -> logical input topic; ``None``: the checkout's)."""
+    origin = letter.headers.get(provenance.ORIGIN_TOPIC)
+    if origin:
+        return origin
+    return (
+        naming.topic(sources[letter.stage]) if sources is not None else naming.source(letter.stage)
+    )
+
+
 async def replay(
-    settings: KafkaSettings, naming: Naming, letters: list[DeadLetter]
+    settings: KafkaSettings,
+    naming: Naming,
+    letters: list[DeadLetter],
+    sources: Mapping[str, str] | None = None,
 ) -> list[DeadLetter]:
     """Re-publish ``letters`` to their stage's input, oldest first, with the attempt count
-    reset and an audit header; returns those replayed (already handled ones are skipped)."""
+    reset and an audit header; returns those replayed (already handled ones are skipped).
+    ``sources``: each stage's logical input topic (``None``: the checkout's)."""
     todo = [letter for letter in letters if letter.action is None]
     if not todo:
         return []
@@ -164,7 +179,7 @@ async def replay(
     try:
         replayed_at = datetime.now(UTC).isoformat().encode()
         for letter in todo:
-            origin = letter.headers.get(provenance.ORIGIN_TOPIC) or naming.source(letter.stage)
+            origin = _origin(letter, naming, sources)
             headers = [
                 (name, raw)
                 for name, raw in letter.raw_headers
@@ -184,10 +199,14 @@ async def replay(
 
 
 async def discard(
-    settings: KafkaSettings, naming: Naming, letters: list[DeadLetter]
+    settings: KafkaSettings,
+    naming: Naming,
+    letters: list[DeadLetter],
+    sources: Mapping[str, str] | None = None,
 ) -> list[DeadLetter]:
     """Mark ``letters`` as dealt with, without replaying them; the parked events of a
-    held key go on (a release marker to the stage's input, keyed like them)."""
+    held key go on (a release marker to the stage's input, keyed like them).
+    ``sources`` as for :func:`replay`."""
     todo = [letter for letter in letters if letter.action is None]
     if not todo:
         return []
@@ -197,7 +216,7 @@ async def discard(
         for letter in todo:
             if letter.hold is None:
                 continue
-            origin = letter.headers.get(provenance.ORIGIN_TOPIC) or naming.source(letter.stage)
+            origin = _origin(letter, naming, sources)
             marker = [
                 (provenance.RELEASE_OF, letter.hold.encode()),
                 (provenance.RELEASE_DISCARD, b"1"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
@@ -30,23 +30,34 @@ async def end_offsets(settings: KafkaSettings, topics: Sequence[str]) -> dict[To
         await stop_consumer(consumer)
 
 
+Stages = Mapping[str, str] | Sequence[str]
+"""Stage name -> the (logical) topic it reads, for any pipeline (``LoadedPipeline.sources``);
+or the names of checkout stages, whose topics the topology knows."""
+
+
+def _sources(stages: Stages, naming: Naming) -> dict[str, str]:
+    """Stage name -> the real name of its input topic."""
+    if isinstance(stages, Mapping):
+        return {stage: naming.topic(source) for stage, source in stages.items()}
+    return {stage: naming.source(stage) for stage in stages}
+
+
 async def stage_lag(
     settings: KafkaSettings,
-    stages: Sequence[str],
+    stages: Stages,
     naming: Naming | None = None,
     retry_levels: int = 3,
 ) -> dict[str, int]:
     """Per stage: records of its input and retry topics not yet committed by its group."""
     naming = naming or Naming()
     consumed = {
-        stage: [naming.source(stage)]
-        + [naming.retry(stage, level) for level in range(1, retry_levels + 1)]
-        for stage in stages
+        stage: [source] + [naming.retry(stage, level) for level in range(1, retry_levels + 1)]
+        for stage, source in _sources(stages, naming).items()
     }
     ends = await end_offsets(settings, [topic for topics in consumed.values() for topic in topics])
     behind: dict[str, dict[TopicPartition, int]] = {}
     async with admin_client(settings) as admin:
-        for stage in stages:
+        for stage in consumed:
             committed = await admin.list_consumer_group_offsets(naming.group(stage))
             behind[stage] = {
                 tp: committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0
@@ -106,7 +117,7 @@ async def _only_markers_left(
 
 async def wait_until_drained(
     settings: KafkaSettings,
-    stages: Sequence[str],
+    stages: Stages,
     *,
     naming: Naming | None = None,
     retry_levels: int = 3,

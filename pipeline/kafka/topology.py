@@ -6,8 +6,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pipeline.settings import TopologySettings
 
@@ -31,6 +32,43 @@ STAGE_TOPICS: dict[str, tuple[str, str]] = {
     "fulfil": (ORDERS_PAID, ORDERS_FULFILLED),
 }
 """Stage name -> (input topic, output topic)."""
+
+
+class StageTopics(Protocol):
+    """What the flow needs of a stage: the topic it reads and the ones it writes."""
+
+    @property
+    def source(self) -> str:
+        """The topic the stage reads."""
+        ...
+
+    @property
+    def output_topics(self) -> tuple[str, ...]:
+        """The topics the stage writes: its sink, then its other outputs."""
+        ...
+
+
+def flow_topics(stages: Iterable[StageTopics]) -> list[str]:
+    """Every topic ``stages`` read or write, in declaration order (no duplicates)."""
+    seen: dict[str, None] = {}
+    for stage in stages:
+        for topic in (stage.source, *stage.output_topics):
+            seen.setdefault(topic, None)
+    return list(seen)
+
+
+def entry_topics(stages: Iterable[StageTopics]) -> list[str]:
+    """Topics ``stages`` read that none of them writes: where events come in."""
+    stages = list(stages)
+    written = {topic for stage in stages for topic in stage.output_topics}
+    return list(dict.fromkeys(s.source for s in stages if s.source not in written))
+
+
+def terminal_topics(stages: Iterable[StageTopics]) -> list[str]:
+    """Topics ``stages`` write that none of them reads: where events leave."""
+    stages = list(stages)
+    read = {stage.source for stage in stages}
+    return [topic for topic in flow_topics(stages) if topic not in read]
 
 
 def dead_letter_topic(stage: str) -> str:

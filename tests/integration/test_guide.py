@@ -3,7 +3,10 @@
 
 Every reading is accounted for once: stored, dropped by the filter, or dead-lettered
 with provenance; hot readings raised one alert each, under the site's key; each
-device's readings and alerts keep their order.
+device's readings and alerts keep their order. The operating commands take the same
+``sensors:pipeline``: ``pipeline verify`` finds it clean (fully, once its stages declare
+``identify``), ``pipeline dlq list`` shows the broken devices' dead letters and
+``pipeline asyncapi`` documents its topics.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import subprocess
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from pipeline.kafka.connection import client_options
@@ -28,12 +32,36 @@ DEVICES = [f"dev-{n}" for n in range(12)] + ["broken-1", "broken-2"]
 READINGS_PER_DEVICE = 40
 
 
-def guide_module(directory: Path) -> Path:
-    """Write the guide's ``sensors.py`` block to ``directory``."""
+IDENTIFY = 'identify=lambda r: f"{r.device_id}/{r.seq}", '
+"""What the guide's stages declare to be verified for loss too."""
+
+
+def guide_module(directory: Path, *, identified: bool = False) -> Path:
+    """Write the guide's ``sensors.py`` block to ``directory`` (``identified``: each
+    stage naming its readings by device and sequence)."""
     [code] = re.findall(r"```python sensors\.py\n(.*?)```", GUIDE.read_text(), re.DOTALL)
+    if identified:
+        code = code.replace("@pipeline.stage(", f"@pipeline.stage({IDENTIFY}")
     path = directory / "sensors.py"
     path.write_text(code)
     return path
+
+
+async def pipeline_command(
+    directory: Path, env: dict[str, str], *arguments: str
+) -> tuple[int | None, str]:
+    """``pipeline ARGUMENTS...`` run in ``directory``: its exit code and its stdout (its
+    stderr when it failed)."""
+    process = await asyncio.create_subprocess_exec(
+        str(PIPELINE_BIN),
+        *arguments,
+        cwd=directory,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    return process.returncode, (out if process.returncode == 0 else err).decode()
 
 
 def celsius(device: str, seq: int) -> float:
@@ -72,10 +100,11 @@ async def until_counts(settings: Settings, wanted: dict[str, int], timeout_s: fl
             await asyncio.sleep(0.5)
 
 
+@pytest.mark.parametrize("identified", [False, True], ids=["as-written", "identified"])
 async def test_the_guides_pipeline_runs_from_its_own_package(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, identified: bool
 ) -> None:
-    guide_module(tmp_path)
+    guide_module(tmp_path, identified=identified)
     env = {**stage_env(settings), "PYTHONPATH": ""}
     applied = await asyncio.create_subprocess_exec(
         str(PIPELINE_BIN),
@@ -153,3 +182,49 @@ async def test_the_guides_pipeline_runs_from_its_own_package(
             event = json.loads(record.value)
             per_device[event["device_id"]].append(event["seq"])
         assert all(seqs == sorted(seqs) for seqs in per_device.values()), per_device
+
+    # the operating commands, on the same pipeline
+    code, out = await pipeline_command(tmp_path, env, "verify", "sensors:pipeline", "--json")
+    verified = json.loads(out)
+    assert code == 0, out
+    assert verified["clean"] is True
+    assert verified["events"] == len(readings)
+    assert verified["delivered"] == len(stored) + len(alerts)
+    assert verified["dead_lettered"] == len(broken)
+    assert verified["duplicated"] == verified["out_of_order"] == verified["lost"] == 0
+    stages = {stage["stage"]: stage for stage in verified["stages"]}
+    assert stages["check"]["outputs"] == len(valid) + len(hot)
+    if identified:
+        assert verified["loss_verified"] is True
+        assert verified["unverified"] == []
+        assert stages["clean"]["dropped"] == len(readings) - len(valid)
+        assert stages["check"]["passed"] == len(valid)
+        assert stages["store"]["passed"] == len(valid) - len(broken)
+        assert stages["store"]["dropped"] == 0  # a batch outcome is never None
+    else:
+        assert verified["loss_verified"] is False
+        assert verified["unverified"] == ["clean", "check", "store"]
+        assert all("declares no identify" in note for note in verified["notes"])
+
+    code, out = await pipeline_command(tmp_path, env, "dlq", "list", "sensors:pipeline", "--json")
+    letters = json.loads(out)
+    assert code == 0, out
+    assert sorted((letter["key"], letter["stage"]) for letter in letters) == sorted(
+        (str(r["device_id"]), "store") for r in broken
+    )
+    assert all(letter["error_type"] == "FatalError" for letter in letters)
+    code, out = await pipeline_command(
+        tmp_path, env, "dlq", "list", "sensors:pipeline", "--stage", "validate"
+    )
+    assert code == 2  # the checkout's stage is no stage of this pipeline
+    assert "unknown stage(s) ['validate'] of sensors" in out
+
+    code, out = await pipeline_command(tmp_path, env, "asyncapi", "sensors:pipeline")
+    document = json.loads(out)
+    assert code == 0, out
+    assert document["info"]["title"] == "sensors"
+    addresses = {channel["address"] for channel in document["channels"].values()}
+    for topic in ("readings.raw", "readings.clean", "readings.checked", "readings.stored"):
+        assert f"{prefix}{topic}" in addresses
+    assert {f"{prefix}alerts", f"{prefix}store.dlq", f"{prefix}clean.retry.1"} <= addresses
+    assert "Reading" in document["components"]["schemas"]

@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
+from pipeline import Output, Pipeline
 from pipeline.asyncapi import PipelineDocument, pipeline_asyncapi, reference_settings
 from pipeline.kafka.topology import STAGE_TOPICS, Naming, dead_letter_topic, retry_topic
+from pipeline.loading import LoadedPipeline
 
 CHECKED_IN = Path(__file__).parents[2] / "docs" / "asyncapi.json"
 REGENERATE = "regenerate it: pipeline asyncapi --reference -o docs/asyncapi.json"
@@ -86,3 +89,54 @@ def test_the_topic_prefix_reaches_every_address() -> None:
     addresses = {channel["address"] for channel in doc["channels"].values()}
     assert Naming("acme.").dead_letter("pay") in addresses
     assert all(address.startswith("acme.") for address in addresses)
+
+
+class Reading(BaseModel):
+    device_id: str
+    celsius: float
+
+
+class Alert(BaseModel):
+    site: str
+
+
+def _sensors() -> Pipeline:
+    pipeline = Pipeline("sensors", description="Readings in, alerts out.")
+
+    @pipeline.stage(source="readings.raw", sink="readings.clean")
+    async def clean(reading: Reading) -> Reading | None:
+        return reading
+
+    @pipeline.stage(source="readings.clean", sink="readings.checked", outputs=["alerts"])
+    async def check(reading: Reading) -> list[Output]:
+        return [Output("readings.checked", reading), Output("alerts", Alert(site="a"))]
+
+    @pipeline.stage(source="readings.checked", sink="readings.stored")
+    async def store(reading: Reading) -> Reading:
+        return reading
+
+    return pipeline
+
+
+def test_a_users_pipeline_is_documented_from_its_own_stages() -> None:
+    sensors = _sensors()
+    flow = LoadedPipeline(sensors.name, sensors.stages, sensors.topics(), sensors.description)
+
+    doc = pipeline_asyncapi(reference_settings(), flow=flow).document
+
+    assert doc["info"]["title"] == "sensors"
+    assert doc["info"]["description"] == "Readings in, alerts out."
+    operations = _operations(doc)
+    reading = {"$ref": "#/components/schemas/Reading"}
+    for topic in ("readings.raw", "readings.clean", "readings.checked"):
+        assert _payload(doc, operations[(topic, "receive")])["payload"] == reading
+    for topic in ("readings.clean", "readings.checked", "readings.stored"):
+        # readings.checked is written as Output(...): the model store reads documents it
+        assert _payload(doc, operations[(topic, "send")])["payload"] == reading
+    alerts = _payload(doc, operations[("alerts", "send")])["payload"]
+    assert "not in its handler's signature" in alerts["description"]
+    for stage in sensors:
+        assert (dead_letter_topic(stage), "send") in operations
+        assert (retry_topic(stage, 1), "receive") in operations
+    assert "orders.events" not in {channel["address"] for channel in doc["channels"].values()}
+    assert set(doc["components"]["schemas"]) == {"Reading"}
