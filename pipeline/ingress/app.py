@@ -5,11 +5,13 @@ accepted events to ``orders.events`` keyed by order id, and its subscriber keeps
 status projection from ``orders.fulfilled`` and the dead-letter topics. The router's
 lifespan starts and stops its broker with the FastAPI app. ``/docs`` is the OpenAPI
 page, ``/asyncapi`` the AsyncAPI page of the whole pipeline, this API's channels
-included. A second subscriber learns each order's owner from ``orders.events``.
+included. A second subscriber, in a consumer group of its own, learns each order's owner
+from ``orders.events`` (:mod:`pipeline.ingress.owners`).
 
-Order status and Idempotency-Keys live in a database (:mod:`pipeline.ingress.database`:
-SQLite by default, PostgreSQL for several replicas), readied in the app's lifespan
-around the router's; ``/health`` and ``/ready`` are :mod:`pipeline.ingress.probes`.
+Order status, order owners and Idempotency-Keys live in a database
+(:mod:`pipeline.ingress.database`: SQLite by default, PostgreSQL for several replicas),
+readied in the app's lifespan around the router's; ``/health`` and ``/ready`` are
+:mod:`pipeline.ingress.probes`.
 
 Every order route needs a bearer token (:mod:`pipeline.ingress.auth`) and stays within
 its caller's rate limit; what a caller may do is :mod:`pipeline.ingress.access`. Bodies
@@ -41,10 +43,15 @@ from faststream import AckPolicy
 from faststream.specification import get_asyncapi_html
 from pydantic import BaseModel
 
-from pipeline.errors import ConfigurationError
+from pipeline.errors import ConfigurationError, DatabaseUnavailable
 from pipeline.ingress.access import check_may_read, check_may_submit, not_found
 from pipeline.ingress.auth import Principal, caller, verifier_from
-from pipeline.ingress.database import SqlIdempotencyStore, SqlProjectionStore, open_engine
+from pipeline.ingress.database import (
+    SqlIdempotencyStore,
+    SqlOrderOwners,
+    SqlProjectionStore,
+    open_engine,
+)
 from pipeline.ingress.database.lifecycle import database_lifespan
 from pipeline.ingress.idempotency import (
     IdempotencyStore,
@@ -54,10 +61,10 @@ from pipeline.ingress.idempotency import (
     publish_once,
 )
 from pipeline.ingress.limits import BodySizeLimit, RateLimiter, SecurityHeaders
-from pipeline.ingress.owners import InMemoryOrderOwners, OrderOwners, order_owners, placement_in
+from pipeline.ingress.owners import OrderOwners, order_owners, owner_group
 from pipeline.ingress.probes import serve_probes
 from pipeline.ingress.projection import OrderView, ProjectionStore
-from pipeline.ingress.projector import ResumeFromStore, project
+from pipeline.ingress.projector import OWNER_PROJECTION, ResumeFromStore, project, project_owners
 from pipeline.ingress.settings import IngressSettings
 from pipeline.kafka.connection import broker_security
 from pipeline.kafka.topology import ORDERS_EVENTS, ORDERS_FULFILLED, STAGE_NAMES, Naming
@@ -129,10 +136,11 @@ def create_ingress(settings: Settings, api: IngressSettings | None = None) -> Fa
         log_level=logging.DEBUG,
         logger=logging.getLogger("pipeline.ingress.faststream"),
     )
+    placed = naming.topic(ORDERS_EVENTS)
     events = router.publisher(
-        naming.topic(ORDERS_EVENTS),
+        placed,
         schema=OrderEvent,
-        title=f"{naming.topic(ORDERS_EVENTS)}:ingress",
+        title=f"{placed}:ingress",
         description="Order events accepted over HTTP, keyed by order id.",
     )
     fulfilled = naming.topic(ORDERS_FULFILLED)
@@ -161,26 +169,30 @@ def create_ingress(settings: Settings, api: IngressSettings | None = None) -> Fa
     ) -> None:
         await project(message, store, fulfilled)
 
-    @router.subscriber(
-        naming.topic(ORDERS_EVENTS),
-        # No consumer group: every replica reads every partition, so that each one
-        # knows the owner of every order, whichever replica accepted it.
+    owner_resume = ResumeFromStore(
+        lambda: learning.consumer, lambda: app.state.owners, OWNER_PROJECTION
+    )
+    learning = router.subscriber(
+        placed,
+        # A group of its own, apart from the status projection's: each replica writes
+        # its share of the partitions into the shared owners table.
+        group_id=naming.group(owner_group(api)),
         auto_offset_reset="earliest",
         batch=True,
         max_records=api.projection_batch,
-        ack_policy=AckPolicy.MANUAL,  # nothing to commit without a group
+        ack_policy=AckPolicy.MANUAL,  # as the status projection: the store holds the offsets
+        listener=owner_resume,
         decoder=_undecoded,
-        title=f"{naming.topic(ORDERS_EVENTS)}:ingress-owners",
+        title=f"{placed}:ingress-owners",
         description="Keeps each order's owner (the customer of its OrderPlaced).",
     )
+
+    @learning
     async def learn_owners(
         message: KafkaMessage,
         owners: Annotated[OrderOwners, Depends(order_owners)],
     ) -> None:
-        for record in message.raw_message:
-            placement = placement_in(record)
-            if placement is not None:
-                await owners.claim(*placement)
+        await project_owners(message, owners)
 
     @router.post(
         "/orders",
@@ -288,7 +300,8 @@ def create_ingress(settings: Settings, api: IngressSettings | None = None) -> Fa
     app.state.projection = SqlProjectionStore(engine)
     app.state.idempotency = remembered_keys
     app.state.projection_assignment = resume
-    app.state.owners = InMemoryOrderOwners()
+    app.state.owners = SqlOrderOwners(engine)
+    app.state.owner_assignment = owner_resume
     app.state.token_verifier = token_verifier
     app.state.rate_limiter = RateLimiter(api.rate_limit_per_s, api.rate_limit_burst)
     app.include_router(router)
@@ -302,8 +315,14 @@ def create_ingress(settings: Settings, api: IngressSettings | None = None) -> Fa
 
 async def _remember_owner(owners: OrderOwners, event: BaseModel) -> None:
     """The customer's next request must find its order before orders.events is read."""
-    if isinstance(event, OrderPlaced):
+    if not isinstance(event, OrderPlaced):
+        return
+    try:
         await owners.claim(event.order_id, event.customer_id)
+    except DatabaseUnavailable as exc:
+        # Kafka has the event: the owner projection records its owner from
+        # orders.events once the database answers, so the 202 stands.
+        log.warning("owner of %s left to the owner projection: %s", event.order_id, exc)
 
 
 async def _publish(publisher: Any, event: BaseModel, timeout_s: float) -> None:

@@ -3,10 +3,10 @@
 The API runs as its own process (``pipeline serve-api``) on fresh topics and a fresh
 database. Orders are fed in steps: each order's ``OrderPlaced`` to ``orders.events``
 (what the owner projection reads) and its outcome to ``orders.fulfilled`` (what the
-status projection reads). After each step, once the status projection's group has
-committed everything and a sample of orders answers ``GET /orders/{id}``, the process's
-resident memory is read from ``/proc``. With the state in the database it should stay
-flat; an in-process store grows with every order.
+status projection reads). After each step, once both projections' groups have committed
+everything and a sample of orders answers ``GET /orders/{id}``, the process's resident
+memory is read from ``/proc``. With the state in the database it should stay flat; an
+in-process store grows with every order.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from pipeline.ingress.owners import owner_group
 from pipeline.kafka.admin import admin_client, apply_topics, delete_topics
 from pipeline.kafka.lag import end_offsets
 from pipeline.kafka.produce import produce_records
@@ -42,7 +43,7 @@ from pipeline.workload import WorkloadRecord
 from schemas import OrderPlaced, OrderProgress
 
 SETTLE_S = 5.0
-"""Pause after the projection caught up, so the owner projection and the allocator settle."""
+"""Pause after the projections caught up, so that the allocator settles."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,24 +171,34 @@ async def _until_ready(client: httpx.AsyncClient, api: subprocess.Popen[bytes]) 
 async def _until_projected(
     settings: Settings, naming: Naming, client: httpx.AsyncClient, orders: int
 ) -> None:
-    """Until the projection's group committed every record and a sample answers."""
-    inputs = [naming.topic(ORDERS_FULFILLED), *(naming.dead_letter(s) for s in STAGE_NAMES)]
-    group = naming.group(settings.api.projection_group)
+    """Until both projections' groups committed every record and a sample answers."""
+    consumers = {
+        naming.group(settings.api.projection_group): [
+            naming.topic(ORDERS_FULFILLED),
+            *(naming.dead_letter(stage) for stage in STAGE_NAMES),
+        ],
+        naming.group(owner_group(settings.api)): [naming.topic(ORDERS_EVENTS)],
+    }
     sample = [_order_id(n) for n in range(0, orders, max(1, orders // 50))] + [
         _order_id(orders - 1)
     ]
     while True:
-        ends = await end_offsets(settings.kafka, inputs)
-        async with admin_client(settings.kafka) as admin:
-            committed = await admin.list_consumer_group_offsets(group)
-        behind = sum(
-            end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items()
-        )
+        behind = 0
+        for group, inputs in consumers.items():
+            behind += await _behind(settings, group, inputs)
         if behind <= 0:
             codes = [(await client.get(f"/orders/{order_id}")).status_code for order_id in sample]
             if set(codes) == {200}:
                 return
-        await asyncio.sleep(0.5)  # polling the group's progress
+        await asyncio.sleep(0.5)  # polling the groups' progress
+
+
+async def _behind(settings: Settings, group: str, inputs: list[str]) -> int:
+    """How many records of ``inputs`` ``group`` has not committed yet."""
+    ends = await end_offsets(settings.kafka, inputs)
+    async with admin_client(settings.kafka) as admin:
+        committed = await admin.list_consumer_group_offsets(group)
+    return sum(end - (committed[tp].offset if tp in committed else 0) for tp, end in ends.items())
 
 
 def _memory_mb(pid: int) -> tuple[float, float]:

@@ -1,9 +1,10 @@
 """The order API's state in a real database, on a real broker: a restarted API answers
-from the database at once and replays nothing; two replicas in one consumer group share
-the partitions and both answer every order; one Idempotency-Key sent to both at once
-publishes one event; the database stopped mid-run makes the API unready and answer 503,
-and when it returns nothing was lost. The SQLite default keeps status and keys across a
-restart too.
+from the database at once and replays nothing, order owners included; two replicas in
+one consumer group share the partitions and both answer every order, and both authorize
+every customer's orders whichever replica learnt the owner; one Idempotency-Key sent to
+both at once publishes one event; the database stopped mid-run makes the API unready and
+answer 503, and when it returns nothing was lost, owners included. The SQLite default
+keeps status and keys across a restart too.
 
 PostgreSQL is a local server (:mod:`pipeline.ingress.database.local_postgres`, Debian's
 binaries) started once per session; each test gets a database of its own. Its absence
@@ -34,8 +35,10 @@ from pydantic import SecretStr
 from pipeline.ingress import IngressSettings, OrderView, SqlProjectionStore, create_ingress
 from pipeline.ingress.database import open_engine, upgrade
 from pipeline.ingress.database.local_postgres import LocalPostgres, LocalPostgresError
+from pipeline.ingress.owners import OrderOwners
 from pipeline.ingress.probes import DATABASE_DOWN
 from pipeline.ingress.projection import Partition, ProjectionStore
+from pipeline.kafka.lag import end_offsets
 from pipeline.kafka.produce import produce_records
 from pipeline.kafka.topology import ORDERS_EVENTS, ORDERS_FULFILLED, STAGE_NAMES, Naming
 from pipeline.settings import Settings
@@ -43,6 +46,7 @@ from pipeline.verify import read_topic
 from pipeline.workload import WorkloadRecord
 from schemas import OrderProgress
 from tests.integration.databases import POSTGRES_HOME, fresh_postgres_database, sqlite_url
+from tests.integration.tokens import customer, trusting
 
 T = TypeVar("T")
 
@@ -105,14 +109,14 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], timeout_s: float 
         await asyncio.sleep(0.1)  # polling a condition with a deadline
 
 
-def _placed(order_id: str, sequence: int = 1) -> dict[str, Any]:
+def _placed(order_id: str, sequence: int = 1, customer_id: str = "cus-1") -> dict[str, Any]:
     return {
         "kind": "OrderPlaced",
         "event_id": f"{order_id}-{sequence}",
         "order_id": order_id,
         "sequence": sequence,
         "occurred_at": "2025-01-31T12:00:00Z",
-        "customer_id": "cus-1",
+        "customer_id": customer_id,
         "currency": "EUR",
         "items": [{"sku": "book-1", "quantity": 1, "unit_price_cents": 990}],
     }
@@ -134,13 +138,42 @@ async def _fulfil(settings: Settings, order_ids: SequenceOf[str]) -> None:
     )
 
 
-def _all_known(client: httpx.AsyncClient, order_ids: SequenceOf[str]) -> Any:
+async def _place_elsewhere(
+    settings: Settings, customer_id: str, order_ids: SequenceOf[str]
+) -> None:
+    """Write each order's ``OrderPlaced`` to ``orders.events``, as another producer would:
+    the API learns these owners from the topic only."""
+    records = [
+        WorkloadRecord(order_id.encode(), orjson.dumps(_placed(order_id, customer_id=customer_id)))
+        for order_id in order_ids
+    ]
+    await produce_records(settings.kafka, Naming.of(settings.topics).topic(ORDERS_EVENTS), records)
+
+
+def _all_known(
+    client: httpx.AsyncClient, order_ids: SequenceOf[str], headers: Mapping[str, str] | None = None
+) -> Any:
     async def probe() -> bool | None:
         for order_id in order_ids:
-            response = await client.get(f"/orders/{order_id}")
+            response = await client.get(f"/orders/{order_id}", headers=headers)
             if response.status_code != 200:
                 return None
         return True
+
+    return probe
+
+
+def _owners_caught_up(settings: Settings, owners: OrderOwners) -> Any:
+    """True once ``owners`` applied every record ``orders.events`` holds."""
+    topic = Naming.of(settings.topics).topic(ORDERS_EVENTS)
+
+    async def probe() -> bool | None:
+        ends = await end_offsets(settings.kafka, [topic])
+        applied = await owners.applied_offsets({topic})
+        behind = [
+            tp for tp, end in ends.items() if end > applied.get((tp.topic, tp.partition), -1) + 1
+        ]
+        return None if behind else True
 
     return probe
 
@@ -173,6 +206,27 @@ class CountingStore:
 
     async def applied_offsets(self, topics: Collection[str]) -> dict[Partition, int]:
         return await self.store.applied_offsets(topics)
+
+
+class CountingOwners:
+    """An owner store that keeps the orders whose owners the consumer hands it."""
+
+    def __init__(self, owners: OrderOwners) -> None:
+        self.owners = owners
+        self.applied: list[str] = []
+
+    async def owner_of(self, order_id: str) -> str | None:
+        return await self.owners.owner_of(order_id)
+
+    async def claim(self, order_id: str, customer_id: str) -> None:
+        await self.owners.claim(order_id, customer_id)
+
+    async def apply(self, owners: Mapping[str, str], applied: Mapping[Partition, int]) -> None:
+        self.applied.extend(owners)
+        await self.owners.apply(owners, applied)
+
+    async def applied_offsets(self, topics: Collection[str]) -> dict[Partition, int]:
+        return await self.owners.applied_offsets(topics)
 
 
 async def test_a_restarted_api_answers_from_the_database_at_once_and_replays_nothing(
@@ -223,6 +277,82 @@ async def test_two_replicas_in_one_group_share_the_partitions_and_answer_every_o
             await eventually(_all_known(client, orders))
 
 
+async def test_a_restarted_api_authorizes_every_owner_at_once_and_reads_no_placement_again(
+    settings: Settings, topics: Naming, postgres_url: SecretStr
+) -> None:
+    api = trusting(_api(postgres_url))
+    accepted, elsewhere, after = _orders(3)
+    first = create_ingress(settings, api)
+    async with serving(first) as client:
+        posted = await client.post(
+            "/orders", json=_placed(accepted, customer_id="cus-a"), headers=customer("cus-a")
+        )
+        await _place_elsewhere(settings, "cus-c", [elsewhere])
+        await _fulfil(settings, [accepted, elsewhere])
+        await eventually(_all_known(client, [elsewhere], customer("cus-c")))
+        await eventually(_owners_caught_up(settings, first.state.owners))
+    assert posted.status_code == 202, posted.text
+
+    restarted = create_ingress(settings, api)
+    counting = CountingOwners(restarted.state.owners)
+    restarted.state.owners = counting
+    async with serving(restarted) as client:
+        # Before its owner consumer joined its group, the new process knows every owner.
+        known = [
+            await client.get(f"/orders/{accepted}", headers=customer("cus-a")),
+            await client.get(f"/orders/{elsewhere}", headers=customer("cus-c")),
+        ]
+        foreign = [
+            await client.get(f"/orders/{accepted}", headers=customer("cus-b")),
+            await client.get(f"/orders/{elsewhere}", headers=customer("cus-a")),
+        ]
+        squatting = await client.post(
+            "/orders", json=_placed(elsewhere, customer_id="cus-b"), headers=customer("cus-b")
+        )
+        assignment = restarted.state.owner_assignment
+        await eventually(lambda: _true(bool(assignment.assigned)))
+        await _place_elsewhere(settings, "cus-c", [after])
+        await _fulfil(settings, [after])
+        await eventually(_all_known(client, [after], customer("cus-c")))
+    assert [answer.status_code for answer in known] == [200, 200]
+    assert [answer.status_code for answer in foreign] == [404, 404]
+    assert squatting.status_code == 403
+    assert counting.applied == [after]  # the new placement only: nothing was read twice
+
+
+async def test_two_replicas_share_the_owners_whichever_one_learnt_them(
+    settings: Settings, topics: Naming, postgres_url: SecretStr
+) -> None:
+    api = trusting(_api(postgres_url))
+    replicas = [create_ingress(settings, api), create_ingress(settings, api)]
+    accepted, *elsewhere = _orders(30)
+    async with serving(replicas[0]) as first, serving(replicas[1]) as second:
+        owned = [replica.state.owner_assignment for replica in replicas]
+
+        async def shared() -> bool | None:
+            mine, theirs = owned[0].assigned, owned[1].assigned
+            split = mine and theirs and not mine & theirs
+            return True if split and len(mine | theirs) == settings.topics.partitions else None
+
+        await eventually(shared)
+        posted = await first.post(
+            "/orders", json=_placed(accepted, customer_id="cus-a"), headers=customer("cus-a")
+        )
+        # Spread over every partition: each replica's owner consumer writes its share.
+        await _place_elsewhere(settings, "cus-c", elsewhere)
+        await _fulfil(settings, [accepted, *elsewhere])
+        await eventually(_all_known(second, [accepted], customer("cus-a")))
+        for client in (first, second):
+            await eventually(_all_known(client, elsewhere, customer("cus-c")))
+        refused = [
+            await second.get(f"/orders/{accepted}", headers=customer("cus-b")),
+            await second.get(f"/orders/{elsewhere[0]}", headers=customer("cus-b")),
+            await first.get(f"/orders/{elsewhere[-1]}", headers=customer("cus-a")),
+        ]
+    assert posted.status_code == 202, posted.text
+    assert [answer.status_code for answer in refused] == [404, 404, 404]
+
+
 async def test_one_idempotency_key_sent_to_two_replicas_at_once_publishes_one_event(
     settings: Settings, topics: Naming, postgres_url: SecretStr
 ) -> None:
@@ -263,12 +393,17 @@ async def test_the_database_stopped_mid_run_makes_the_api_unready_and_loses_noth
             ready = await client.get("/ready")
             status = await client.get(f"/orders/{before[0]}")
             posted = await client.post("/orders", json=body, headers=key)
-            await _fulfil(settings, during)  # consumed while the database is away
-            await eventually(lambda: _true("projection paused" in caplog.text))
+            # Consumed while the database is away.
+            await _place_elsewhere(settings, "cus-2", during)
+            await _fulfil(settings, during)
+            await eventually(lambda: _true(_paused(caplog, "owner projection")))
+            await eventually(lambda: _true(_paused(caplog, "projection")))
 
             server.up()
             await eventually(lambda: _ok(client.get("/ready")))
             await eventually(_all_known(client, before + during))
+            await eventually(_owners_caught_up(settings, app.state.owners))
+            owners = [await app.state.owners.owner_of(order_id) for order_id in during]
             retried = await client.post("/orders", json=body, headers=key)
     finally:
         server.down()
@@ -277,8 +412,10 @@ async def test_the_database_stopped_mid_run_makes_the_api_unready_and_loses_noth
     assert (status.status_code, status.json()) == (503, {"detail": DATABASE_DOWN})
     assert status.headers["retry-after"]
     assert posted.status_code == 503
+    assert owners == ["cus-2"] * len(during)
     assert retried.status_code == 202
-    assert await _published(settings) == [body["event_id"]]  # the refused request sent nothing
+    published = await _published(settings)
+    assert published.count(body["event_id"]) == 1  # the refused request sent nothing
 
 
 async def test_the_sqlite_default_keeps_status_and_keys_across_a_restart(
@@ -338,6 +475,11 @@ async def test_the_postgres_store_converges_whatever_the_order_and_offsets_only_
         assert await store.applied_offsets({"t"}) == {("t", 0): 9}
     finally:
         await engine.dispose()
+
+
+def _paused(caplog: pytest.LogCaptureFixture, consumer: str) -> bool:
+    """Whether ``consumer`` (the status or the owner projection) logged a pause."""
+    return any(r.getMessage().startswith(f"{consumer} paused") for r in caplog.records)
 
 
 async def _true(condition: bool) -> bool | None:

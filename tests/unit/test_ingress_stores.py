@@ -1,6 +1,6 @@
-"""The ingress's projection and idempotency stores, without a broker: one contract, run
-against the in-process stores and the SQLite ones (a real database file). The PostgreSQL
-ones run it in tests/integration/test_ingress_database.py."""
+"""The ingress's projection, owner and idempotency stores, without a broker: one
+contract, run against the in-process stores and the SQLite ones (a real database file).
+The PostgreSQL ones run it in tests/integration/test_ingress_database.py."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -27,8 +28,10 @@ from pipeline.ingress.idempotency import (
     KeyReused,
     publish_once,
 )
+from pipeline.ingress.owners import InMemoryOrderOwners, OrderOwners, read_placements
 from pipeline.ingress.projection import ProjectionStore
 from pipeline.settings import IngressSettings
+from tests.unit.records import consumer_record
 
 T0 = datetime(2025, 1, 31, tzinfo=UTC)
 TTL_S = 100.0
@@ -75,6 +78,14 @@ def projection_of(
         await engine.dispose()
 
     return make
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def owners(request: pytest.FixtureRequest, engine: AsyncEngine) -> OrderOwners:
+    """An owner store of one kind."""
+    if request.param == "memory":
+        return InMemoryOrderOwners()
+    return SqlOrderOwners(engine)
 
 
 @pytest.fixture(params=["memory", "sqlite"])
@@ -230,9 +241,56 @@ async def test_expired_keys_are_purged_from_the_database(engine: AsyncEngine) ->
     assert (await store.claim("new", "fp", "other")).holder == "h"
 
 
-async def test_the_first_owner_of_an_order_stays(engine: AsyncEngine) -> None:
-    owners = SqlOrderOwners(engine)
+async def test_the_first_owner_of_an_order_stays(owners: OrderOwners) -> None:
     assert await owners.owner_of("ord-1") is None
     await owners.claim("ord-1", "cus-1")
     await owners.claim("ord-1", "cus-2")  # a later claim, or the same placement read again
+    await owners.apply({"ord-1": "cus-3", "ord-2": "cus-2"}, {})
     assert await owners.owner_of("ord-1") == "cus-1"
+    assert await owners.owner_of("ord-2") == "cus-2"
+
+
+async def test_owner_offsets_only_move_forward_apart_from_the_status_projection(
+    owners: OrderOwners, engine: AsyncEngine
+) -> None:
+    assert await owners.applied_offsets({"e"}) == {}
+    await owners.apply({}, {("e", 0): 10, ("e", 1): 3, ("f", 0): 1})
+    await owners.apply({"ord-1": "cus-1"}, {("e", 0): 4, ("e", 1): 5})  # a replica behind
+    assert await owners.applied_offsets({"e"}) == {("e", 0): 10, ("e", 1): 5}
+    # The status projection's offsets of the same partitions are rows of their own.
+    assert await SqlProjectionStore(engine).applied_offsets({"e"}) == {}
+
+
+def test_a_batch_names_the_first_placement_of_each_order_and_every_offset_read() -> None:
+    def placed(order_id: str, customer_id: str) -> bytes:
+        event = {
+            "kind": "OrderPlaced",
+            "event_id": f"{order_id}-{customer_id}",
+            "order_id": order_id,
+            "sequence": 1,
+            "occurred_at": "2025-01-31T12:00:00Z",
+            "customer_id": customer_id,
+            "currency": "EUR",
+            "items": [{"sku": "a", "quantity": 1, "unit_price_cents": 1}],
+        }
+        return orjson.dumps(event)
+
+    cancelled = orjson.dumps(
+        {
+            "kind": "OrderCancelled",
+            "event_id": "ord-1-2",
+            "order_id": "ord-1",
+            "sequence": 2,
+            "occurred_at": "2025-01-31T12:00:00Z",
+        }
+    )
+    records = [
+        consumer_record("e", 7, b"ord-1", placed("ord-1", "cus-1")),
+        consumer_record("e", 3, b"ord-2", placed("ord-2", "cus-2"), partition=1),
+        consumer_record("e", 8, b"ord-1", placed("ord-1", "cus-9")),
+        consumer_record("e", 4, b"ord-1", cancelled, partition=1),
+        consumer_record("e", 9, b"x", b"not an event"),
+    ]
+    batch = read_placements(records)
+    assert batch.owners == {"ord-1": "cus-1", "ord-2": "cus-2"}
+    assert batch.applied == {("e", 0): 9, ("e", 1): 4}

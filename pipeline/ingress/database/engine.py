@@ -71,6 +71,12 @@ def open_engine(api: IngressSettings) -> AsyncEngine:
 
 
 def _sqlite_engine(url: URL, timeout: float) -> AsyncEngine:
+    # aiosqlite logs every statement with its parameters at DEBUG, and those hold
+    # customer ids (owners, Idempotency-Keys): quiet it, as SQLAlchemy quiets its own
+    # loggers, unless a level was set for it on purpose.
+    driver_log = logging.getLogger("aiosqlite")
+    if driver_log.level == logging.NOTSET:
+        driver_log.setLevel(logging.WARNING)
     if url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": timeout})

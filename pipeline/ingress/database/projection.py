@@ -18,6 +18,7 @@ from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pipeline.ingress.database.engine import database_errors
+from pipeline.ingress.database.offsets import advance_offsets, read_offsets
 from pipeline.ingress.database.schema import order_status, projection_offsets
 from pipeline.ingress.database.upsert import insert_into
 from pipeline.ingress.projection import OrderView, Partition, newest_per_order
@@ -41,24 +42,15 @@ class SqlProjectionStore:
         """Upsert the newest view per order unless the stored one supersedes it, and move
         the offsets forward, in one transaction."""
         rows = [_row_of(view) for view in newest_per_order(views)]
-        offsets = [
-            {"topic": topic, "partition": partition, "applied_offset": offset}
-            for (topic, partition), offset in applied.items()
-        ]
         with database_errors():
             async with self._engine.begin() as connection:
                 if rows:
                     await connection.execute(self._upsert_views(), rows)
-                if offsets:
-                    await connection.execute(self._advance_offsets(), offsets)
+                await advance_offsets(connection, projection_offsets, applied)
 
     async def applied_offsets(self, topics: Collection[str]) -> dict[Partition, int]:
         """The stored offsets of the partitions of ``topics``."""
-        query = select(projection_offsets).where(projection_offsets.c.topic.in_(list(topics)))
-        with database_errors():
-            async with self._engine.connect() as connection:
-                found = (await connection.execute(query)).all()
-        return {(row.topic, row.partition): row.applied_offset for row in found}
+        return await read_offsets(self._engine, projection_offsets, topics)
 
     def _upsert_views(self) -> Any:
         insert = insert_into(self._engine, order_status)
@@ -75,15 +67,6 @@ class SqlProjectionStore:
                 if column.name != "order_id"
             },
             where=~keep_current,
-        )
-
-    def _advance_offsets(self) -> Any:
-        insert = insert_into(self._engine, projection_offsets)
-        current = projection_offsets.c
-        return insert.on_conflict_do_update(
-            index_elements=[current.topic, current.partition],
-            set_={"applied_offset": insert.excluded.applied_offset},
-            where=insert.excluded.applied_offset > current.applied_offset,
         )
 
 

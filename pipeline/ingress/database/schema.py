@@ -3,7 +3,8 @@
 ``order_status`` holds one view per order, ``projection_offsets`` the highest offset of
 each topic-partition whose records those views include (both written in one
 transaction), ``idempotency_keys`` one row per ``Idempotency-Key``, ``order_owners`` the
-customer who placed each order. Times are integer
+customer who placed each order and ``owner_offsets`` how far the owner projection read
+``orders.events`` (again in one transaction with the owners). Times are integer
 milliseconds since the epoch: Kafka's record timestamps are, and integers compare the
 same way on every database (a ``supersedes`` comparison must never depend on how a
 dialect stores a time zone). The migrations in ``migrations/versions`` create exactly
@@ -56,4 +57,12 @@ order_owners = Table(
     metadata,
     Column("order_id", String(255), primary_key=True),
     Column("customer_id", String(255), nullable=False),
+)
+
+owner_offsets = Table(
+    "owner_offsets",
+    metadata,
+    Column("topic", String(255), primary_key=True),
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("applied_offset", BigInteger, nullable=False),
 )
