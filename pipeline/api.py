@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import typing
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 
 import fast_depends
@@ -141,7 +141,7 @@ class Pipeline:
 
     def handler(
         self, stage: str, overrides: Overrides | None = None
-    ) -> Callable[[Any], Coroutine[Any, Any, Any]]:
+    ) -> Callable[[Any], Awaitable[Any]]:
         """Stage ``stage``'s handler as the runtime calls it — one event in, its result
         out — with its dependencies replaced by ``overrides`` (for tests)."""
         return self._stages[stage].call(None, overrides)
@@ -216,12 +216,12 @@ def _binder(
     handler: Callable[..., Coroutine[Any, Any, Any]],
     dependencies: list[inspect.Parameter],
     max_batch_size: int,
-) -> Callable[[Overrides], Callable[[Any], Coroutine[Any, Any, Any]]]:
+) -> Callable[[Overrides], Callable[[Any], Awaitable[Any]]]:
     """For each app: a one-argument callable that runs ``handler`` with its
     dependencies (resolved on the first call, honouring the app's overrides); for a
     batched handler (``max_batch_size`` > 0), a per-event call in front of it."""
 
-    def bind(overrides: Overrides) -> Callable[[Any], Coroutine[Any, Any, Any]]:
+    def bind(overrides: Overrides) -> Callable[[Any], Awaitable[Any]]:
         call = _Bound(handler, dependencies, overrides) if dependencies else handler
         return MicroBatcher(call, max_batch_size) if max_batch_size else call
 

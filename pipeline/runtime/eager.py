@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Coroutine
+import typing
+from collections.abc import Awaitable, Coroutine
 from typing import Any, TypeVar
 
 Result = TypeVar("Result")
@@ -21,19 +22,25 @@ EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 class Pending:
-    """The coroutine suspended and continues in ``task``."""
+    """The call suspended and its outcome comes with ``task`` (a task, or the future a
+    batched handler's call returns)."""
 
     __slots__ = ("task",)
 
-    def __init__(self, task: asyncio.Task[Any]) -> None:
+    def __init__(self, task: asyncio.Future[Any]) -> None:
         self.task = task
 
 
-def step(coro: Coroutine[Any, Any, Result]) -> Result | Pending:
-    """Run ``coro`` until it returns (its result) or suspends (a :class:`Pending`).
+def step(call: Awaitable[Result]) -> Result | Pending:
+    """Run ``call`` until it returns (its result) or suspends (a :class:`Pending`).
 
-    When it finishes without suspending, its exception propagates to the caller.
+    When it finishes without suspending, its exception propagates to the caller. A
+    future (what a batched handler's per-event call returns) is pending as it is: no
+    task to wrap it in.
     """
+    if isinstance(call, asyncio.Future):
+        return Pending(call)
+    coro = typing.cast(Coroutine[Any, Any, Result], call)
     if EAGER_TASKS:
         task: asyncio.Task[Result] = asyncio.Task(  # type: ignore[call-arg,unused-ignore]
             coro, loop=asyncio.get_running_loop(), eager_start=True

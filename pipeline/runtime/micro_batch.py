@@ -37,14 +37,15 @@ class MicroBatcher:
         self._pending: list[tuple[Any, asyncio.Future[Any]]] = []
         self._running: set[asyncio.Task[None]] = set()
 
-    def __call__(self, event: Any) -> Coroutine[Any, Any, Any]:
-        """The outcome of ``event``, once the call holding it has returned."""
+    def __call__(self, event: Any) -> asyncio.Future[Any]:
+        """The outcome of ``event``, once the call holding it has returned (a future,
+        not a coroutine: the engine waits on it without a task per event)."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         if not self._pending:
             loop.call_soon(self._flush)  # after the engine has started this iteration's
         self._pending.append((event, future))
-        return _outcome(future)
+        return future
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
@@ -74,7 +75,3 @@ class MicroBatcher:
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
-
-
-async def _outcome(future: asyncio.Future[Any]) -> Any:
-    return await future

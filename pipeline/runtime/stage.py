@@ -8,7 +8,7 @@ runtime's business.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -44,7 +44,7 @@ class StageSpec(Generic[In, Out]):
     """The key of a returned event (``None``: the input's key)."""
     output_type: Any = None
     """The model of the events the stage writes to its sink, for AsyncAPI."""
-    bind: Callable[[Mapping[Any, Any]], Callable[[In], Coroutine[Any, Any, Any]]] | None = None
+    bind: Callable[[Mapping[Any, Any]], Callable[[In], Awaitable[Any]]] | None = None
     """For a stage declared with :meth:`pipeline.Pipeline.stage`: given an app's
     dependency overrides, the one-argument handler call (``None``: the handler takes
     ``(event, services)``)."""
@@ -57,7 +57,7 @@ class StageSpec(Generic[In, Out]):
 
     def call(
         self, services: Any, overrides: Mapping[Any, Any] | None = None
-    ) -> Callable[[In], Coroutine[Any, Any, Any]]:
+    ) -> Callable[[In], Awaitable[Any]]:
         """The handler as the engine calls it: one event in, its result out."""
         if self.bind is not None:
             return self.bind(overrides or {})
