@@ -66,7 +66,19 @@ async def run_pipeline_hop(
     from pipeline.app import create_app
 
     catalog = batched_bench_catalog(delay_ms) if batched else bench_catalog(delay_ms)
-    pipeline = create_app(settings, [f"hop{hop}"], http=False, catalog=catalog)
+    await _serve(create_app(settings, [f"hop{hop}"], http=False, catalog=catalog))
+
+
+async def run_checkout_stage(settings: Settings, hop: int, delay_ms: float) -> None:
+    """Checkout stage number ``hop`` on the runtime, as ``pipeline run STAGE`` runs it."""
+    from pipeline.app import create_app
+
+    await _serve(create_app(settings, [STAGE_NAMES[hop]], http=False))
+
+
+async def _serve(pipeline: Any) -> None:
+    """Start ``pipeline``'s one stage, say READY once it owns partitions, run until
+    signalled."""
     await pipeline.start()
     engine = pipeline.runtimes[0].engine
     # Readiness probe for the orchestrator only; the engine has no event for it.
@@ -77,18 +89,26 @@ async def run_pipeline_hop(
     await pipeline.stop()
 
 
-async def run_checkout_stage(settings: Settings, hop: int, delay_ms: float) -> None:
-    """Checkout stage number ``hop`` on the runtime, as ``pipeline run STAGE`` runs it."""
-    from pipeline.app import create_app
-
-    pipeline = create_app(settings, [STAGE_NAMES[hop]], http=False)
-    await pipeline.start()
-    engine = pipeline.runtimes[0].engine
-    while engine.assignment is None:  # noqa: ASYNC110
-        await asyncio.sleep(0.05)
-    _ready()
-    await _until_signal()
-    await pipeline.stop()
+def _raw_clients(
+    settings: Settings, group: str, topic: str
+) -> tuple[AIOKafkaConsumer, AIOKafkaProducer, _Assigned]:
+    """The framework-free loops' consumer (subscribed to ``topic``), producer and
+    assignment listener, unstarted."""
+    listener = _Assigned()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap_hosts,
+        group_id=group,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    consumer.subscribe([topic], listener=listener)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka.bootstrap_hosts,
+        enable_idempotence=True,
+        linger_ms=settings.stage.producer_linger_ms,
+        max_batch_size=settings.stage.producer_max_batch_bytes,
+    )
+    return consumer, producer, listener
 
 
 async def run_raw_checkout_stage(settings: Settings, hop: int, delay_ms: float) -> None:
@@ -103,19 +123,8 @@ async def run_raw_checkout_stage(settings: Settings, hop: int, delay_ms: float) 
     call = spec.call(None, {checkout_services: lambda: services})
     decode = spec.decoder()
     naming = Naming.of(settings.topics)
-    listener = _Assigned()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_hosts,
-        group_id=naming.group(f"raw-{spec.name}"),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    consumer.subscribe([naming.topic(spec.source)], listener=listener)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_hosts,
-        enable_idempotence=True,
-        linger_ms=settings.stage.producer_linger_ms,
-        max_batch_size=settings.stage.producer_max_batch_bytes,
+    consumer, producer, listener = _raw_clients(
+        settings, naming.group(f"raw-{spec.name}"), naming.topic(spec.source)
     )
     await consumer.start()
     await producer.start()
@@ -143,19 +152,8 @@ async def run_raw_hop(settings: Settings, hop: int, delay_ms: float) -> None:
     """One hop as small as raw aiokafka allows: fetch a batch, transform, send all
     without awaiting each, await the batch, commit."""
     naming = Naming.of(settings.topics)
-    listener = _Assigned()
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap_hosts,
-        group_id=naming.group(f"raw-hop{hop}"),
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
-    consumer.subscribe([naming.topic(hop_topic(hop))], listener=listener)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka.bootstrap_hosts,
-        enable_idempotence=True,
-        linger_ms=settings.stage.producer_linger_ms,
-        max_batch_size=settings.stage.producer_max_batch_bytes,
+    consumer, producer, listener = _raw_clients(
+        settings, naming.group(f"raw-hop{hop}"), naming.topic(hop_topic(hop))
     )
     await consumer.start()
     await producer.start()
