@@ -80,6 +80,8 @@ with warnings.catch_warnings():
 log = logging.getLogger(__name__)
 
 IDEMPOTENCY_KEY = "Idempotency-Key"
+PROJECTION_FETCH_BYTES = 256 * 1024
+"""Per partition and fetch, for the read side's consumers."""
 
 
 class EventAccepted(BaseModel):
@@ -153,6 +155,11 @@ def create_ingress(settings: Settings, api: IngressSettings | None = None) -> Fa
         auto_offset_reset="earliest",
         batch=True,
         max_records=api.projection_batch,
+        # The projection is bound by its database, not by fetching: small fetches keep
+        # the prefetched backlog (up to 1 MiB per partition by default, 60 partitions
+        # here) from setting the process's memory while it catches up.
+        max_partition_fetch_bytes=PROJECTION_FETCH_BYTES,
+        fetch_max_bytes=4 * PROJECTION_FETCH_BYTES,
         # The store holds the offsets (applied with the views, one transaction) and
         # `resume` seeks to them; Kafka's commits follow the store's, for lag only.
         ack_policy=AckPolicy.MANUAL,
@@ -180,6 +187,8 @@ def create_ingress(settings: Settings, api: IngressSettings | None = None) -> Fa
         auto_offset_reset="earliest",
         batch=True,
         max_records=api.projection_batch,
+        max_partition_fetch_bytes=PROJECTION_FETCH_BYTES,
+        fetch_max_bytes=4 * PROJECTION_FETCH_BYTES,
         ack_policy=AckPolicy.MANUAL,  # as the status projection: the store holds the offsets
         listener=owner_resume,
         decoder=_undecoded,
