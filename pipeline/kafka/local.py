@@ -18,9 +18,10 @@ SCRAM-SHA-512, on :attr:`LocalKafka.sasl_port`) beside the PLAINTEXT one. KRaft 
 ZooKeeper to store credentials in before the broker runs, so the users are written into the
 metadata log when the storage is formatted (``StorageTool format --add-scram``).
 
-The renderers (:func:`render_pom`, :func:`render_server_properties`,
-:func:`render_log4j2_properties`, :func:`render_scram_credential`) are pure, so they are
-tested without Java.
+The files it writes come from pure renderers (:mod:`pipeline.kafka.local_config`), tested
+without Java; storage formatting and the checks on a reused home are in
+:mod:`pipeline.kafka.local_guards`, the jars and process handling in
+:mod:`pipeline.kafka.local_process`.
 """
 
 from __future__ import annotations
@@ -38,13 +39,16 @@ from typing import TypeVar
 
 from pipeline.kafka.local_config import (
     HOST,
-    LOG4J_SLF4J_VERSION,
     LocalKafkaError,
-    new_cluster_id,
     render_log4j2_properties,
-    render_pom,
-    render_scram_credential,
     render_server_properties,
+)
+from pipeline.kafka.local_guards import (
+    format_storage,
+    refuse_other_listeners,
+    refuse_other_scram_users,
+    refuse_taken_ports,
+    scram_credentials,
 )
 from pipeline.kafka.local_process import (
     JAVA_HINT,
@@ -59,18 +63,7 @@ from pipeline.kafka.local_process import (
 )
 from pipeline.settings import LocalKafkaSettings
 
-__all__ = [
-    "LOG4J_SLF4J_VERSION",
-    "LocalKafka",
-    "LocalKafkaError",
-    "LocalKafkaStatus",
-    "QuorumMember",
-    "new_cluster_id",
-    "render_log4j2_properties",
-    "render_pom",
-    "render_scram_credential",
-    "render_server_properties",
-]
+__all__ = ["LocalKafka", "LocalKafkaError", "LocalKafkaStatus", "QuorumMember"]
 
 logger = logging.getLogger(__name__)
 
@@ -273,57 +266,21 @@ class LocalKafka:
 
     def _scram_credentials(self, scram_users: Mapping[str, str] | None) -> list[str]:
         """The ``--add-scram`` arguments, checked before anything starts."""
-        if scram_users is None:
-            return []
-        if not scram_users:
-            raise LocalKafkaError("a SCRAM listener needs at least one user")
-        ports = {self._settings.port, self._settings.controller_port, self._sasl_port}
-        if len(ports) != 3:
-            raise LocalKafkaError(
-                f"the SASL port {self._sasl_port} collides with port {self._settings.port} "
-                f"or controller port {self._settings.controller_port}"
-            )
-        return [render_scram_credential(name, password) for name, password in scram_users.items()]
+        ports = (self._settings.port, self._settings.controller_port, self._sasl_port)
+        return scram_credentials(scram_users, ports)
 
     def _refuse_other_listeners(self, scram_users: Mapping[str, str] | None) -> None:
         # A running broker keeps its listeners and users: asking for others needs a restart.
         if scram_users is None:
             return
-        try:
-            running_config = (self._config_dir / "server.properties").read_text()
-        except FileNotFoundError:
-            running_config = ""
-        if f"SASL_PLAINTEXT://{self.sasl_bootstrap}" not in running_config:
-            raise LocalKafkaError(
-                f"the broker in {self._home} already runs without the SASL listener on "
-                f"{self.sasl_bootstrap}; stop it first (down()) to start it with SCRAM users"
-            )
-        self._refuse_other_scram_users(sorted(scram_users))
-
-    def _refuse_other_scram_users(self, names: list[str]) -> None:
-        try:
-            formatted_with = self._scram_users_file.read_text().split()
-        except FileNotFoundError:
-            formatted_with = []
-        if formatted_with != names:
-            raise LocalKafkaError(
-                f"the storage in {self._data_dir} holds SCRAM users {formatted_with}, not "
-                f"{names}; users are only added when it is formatted: remove that folder "
-                "(or use another home) to start afresh"
-            )
+        refuse_other_listeners(
+            self._config_dir / "server.properties", self.sasl_bootstrap, self._home
+        )
+        refuse_other_scram_users(self._scram_users_file, sorted(scram_users), self._data_dir)
 
     def _refuse_taken_ports(self, *, sasl: bool) -> None:
-        # A foreign listener would make the JVM die on bind, or worse, answer our probe.
         ports = [self._settings.port, self._settings.controller_port]
-        if sasl:
-            ports.append(self._sasl_port)
-        taken = [str(port) for port in ports if port_accepts(port)]
-        if taken:
-            raise LocalKafkaError(
-                f"{HOST} port(s) {', '.join(taken)} are taken by a process this LocalKafka "
-                "did not start; stop it or set PIPELINE_LOCAL_KAFKA_PORT / _CONTROLLER_PORT"
-                + (" / the SASL port" if sasl else "")
-            )
+        refuse_taken_ports([*ports, self._sasl_port] if sasl else ports, sasl=sasl)
 
     def _write_config(self, *, sasl: bool) -> None:
         self._config_dir.mkdir(parents=True, exist_ok=True)
@@ -366,33 +323,17 @@ class LocalKafka:
     def _format_storage(self, libs: Path, scram_credentials: list[str], names: list[str]) -> None:
         if (self._data_dir / "meta.properties").exists():
             if names:
-                self._refuse_other_scram_users(names)
+                refuse_other_scram_users(self._scram_users_file, names, self._data_dir)
             return
-        server_properties = str(self._config_dir / "server.properties")
-        # --standalone makes this node the single voter of the controller quorum; a
-        # quorum member shares the cluster's id and finds its voters in its config.
         quorum = self._quorum
-        command = self._java_command(
-            libs,
-            "kafka.tools.StorageTool",
-            "format",
-            *(() if quorum else ("--standalone",)),
-            "-t",
-            quorum.cluster_id if quorum else new_cluster_id(),
-            "-c",
-            server_properties,
+        format_storage(
+            self._java_command(libs, "kafka.tools.StorageTool"),
+            self._config_dir / "server.properties",
+            self._data_dir,
+            cluster_id=quorum.cluster_id if quorum else None,
+            scram_credentials=scram_credentials,
         )
-        for credential in scram_credentials:
-            # KRaft stores SCRAM users in the metadata log; this is how the first ones get
-            # there before any client could authenticate to create them.
-            command += ["--add-scram", credential]
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise LocalKafkaError(
-                f"formatting {self._data_dir} failed:\n{result.stdout}{result.stderr}"
-            )
         self._scram_users_file.write_text("".join(f"{name}\n" for name in names))
-        logger.info("formatted Kafka storage in %s", self._data_dir)
 
     def _start(self, libs: Path) -> int:
         command = self._java_command(

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.kafka.local import (
-    LocalKafka,
-    LocalKafkaError,
+from pipeline.kafka.local import LocalKafka, LocalKafkaError
+from pipeline.kafka.local_config import (
     new_cluster_id,
     render_log4j2_properties,
     render_pom,
