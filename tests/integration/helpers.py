@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -84,3 +85,20 @@ def start_stage_process(settings: Settings, *stages: str, **env: str) -> subproc
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+async def pipeline_command(
+    directory: Path, env: dict[str, str], *arguments: str
+) -> tuple[int | None, str]:
+    """``pipeline ARGUMENTS...`` run in ``directory``: its exit code and its stdout (its
+    stderr when it failed)."""
+    process = await asyncio.create_subprocess_exec(
+        str(PIPELINE_BIN),
+        *arguments,
+        cwd=directory,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    return process.returncode, (out if process.returncode == 0 else err).decode()

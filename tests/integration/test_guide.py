@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaProducer
 from pipeline.kafka.connection import client_options
 from pipeline.settings import Settings
 from pipeline.verify import read_topic
-from tests.integration.helpers import PIPELINE_BIN, stage_env
+from tests.integration.helpers import PIPELINE_BIN, pipeline_command, stage_env
 
 GUIDE = Path(__file__).parents[2] / "docs" / "guide.md"
 DEVICES = [f"dev-{n}" for n in range(12)] + ["broken-1", "broken-2"]
@@ -45,23 +45,6 @@ def guide_module(directory: Path, *, identified: bool = False) -> Path:
     path = directory / "sensors.py"
     path.write_text(code)
     return path
-
-
-async def pipeline_command(
-    directory: Path, env: dict[str, str], *arguments: str
-) -> tuple[int | None, str]:
-    """``pipeline ARGUMENTS...`` run in ``directory``: its exit code and its stdout (its
-    stderr when it failed)."""
-    process = await asyncio.create_subprocess_exec(
-        str(PIPELINE_BIN),
-        *arguments,
-        cwd=directory,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), 120)
-    return process.returncode, (out if process.returncode == 0 else err).decode()
 
 
 def celsius(device: str, seq: int) -> float:
@@ -106,18 +89,8 @@ async def test_the_guides_pipeline_runs_from_its_own_package(
 ) -> None:
     guide_module(tmp_path, identified=identified)
     env = {**stage_env(settings), "PYTHONPATH": ""}
-    applied = await asyncio.create_subprocess_exec(
-        str(PIPELINE_BIN),
-        "topics",
-        "apply",
-        "sensors:pipeline",
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    applied_output, _ = await asyncio.wait_for(applied.communicate(), 120)
-    assert applied.returncode == 0, applied_output.decode()
+    code, out = await pipeline_command(tmp_path, env, "topics", "apply", "sensors:pipeline")
+    assert code == 0, out
     prefix = settings.topics.prefix
     process = await asyncio.create_subprocess_exec(
         str(PIPELINE_BIN),

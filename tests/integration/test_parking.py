@@ -28,7 +28,7 @@ from pipeline.kafka.connection import client_options, stop_consumer
 from pipeline.kafka.topology import Naming
 from pipeline.settings import Guarantee, Settings
 from pipeline.verify import read_topic
-from tests.integration.helpers import PIPELINE_BIN, stage_env
+from tests.integration.helpers import PIPELINE_BIN, pipeline_command, stage_env
 
 LEDGER = """
 import os
@@ -120,20 +120,6 @@ async def end_offset(settings: Settings, tp: TopicPartition) -> int:
         await stop_consumer(consumer)
 
 
-async def apply_topics(module_dir: Path, env: dict[str, str]) -> None:
-    """``pipeline topics apply ledger:pipeline`` beside the module."""
-    applied = await asyncio.create_subprocess_exec(
-        str(PIPELINE_BIN),
-        *("topics", "apply", "ledger:pipeline"),
-        cwd=module_dir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(applied.communicate(), 120)
-    assert applied.returncode == 0, output.decode()
-
-
 def start(module_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """``pipeline run ledger:pipeline --all``, logging to ``stage.log`` beside it."""
     with (module_dir / "stage.log").open("ab") as log:
@@ -158,7 +144,8 @@ async def test_a_held_key_parks_survives_a_kill_and_is_released_in_order(
         "LEDGER_FIXED": str(fixed),
         "PIPELINE_PROCESSING_GUARANTEE": guarantee,
     }
-    await apply_topics(tmp_path, env)
+    code, out = await pipeline_command(tmp_path, env, "topics", "apply", "ledger:pipeline")
+    assert code == 0, out
     naming = Naming.of(settings.topics)
     entries, posted = naming.topic("entries"), naming.topic("posted")
     parked_topic, dead = naming.parked("post"), naming.dead_letter("post")
@@ -236,7 +223,8 @@ async def test_discarding_the_dead_letter_releases_the_parked_events_without_it(
 ) -> None:
     (tmp_path / "ledger.py").write_text(LEDGER)
     env = {**stage_env(settings), "PYTHONPATH": "", "LEDGER_FIXED": str(tmp_path / "never")}
-    await apply_topics(tmp_path, env)
+    code, out = await pipeline_command(tmp_path, env, "topics", "apply", "ledger:pipeline")
+    assert code == 0, out
     naming = Naming.of(settings.topics)
     entries, posted = naming.topic("entries"), naming.topic("posted")
 

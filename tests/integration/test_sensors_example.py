@@ -31,7 +31,7 @@ from pipeline.kafka.produce import produce_records
 from pipeline.settings import Settings
 from pipeline.verify import read_topic
 from pipeline.workload import WorkloadRecord
-from tests.integration.helpers import PIPELINE_BIN, stage_env
+from tests.integration.helpers import PIPELINE_BIN, pipeline_command, stage_env
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE_PATH = "examples.sensors.flow:pipeline"
@@ -110,19 +110,6 @@ async def feed(settings: Settings, readings: list[dict[str, object]], chunks: in
     for start in range(0, len(readings), size):
         await produce(settings, readings[start : start + size])
         await asyncio.sleep(FEED_PAUSE_S)
-
-
-async def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
-    process = await asyncio.create_subprocess_exec(
-        str(PIPELINE_BIN),
-        *args,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), 120)
-    return subprocess.CompletedProcess(args, process.returncode or 0, output)
 
 
 async def start(env: dict[str, str]) -> asyncio.subprocess.Process:
@@ -260,8 +247,8 @@ async def test_the_sensor_example_survives_a_kill_midway(
         PIPELINE_STAGE_GROUP_INSTANCE_ID="sensors-0",
         PYTHONPATH="",
     )
-    applied = await cli(env, "topics", "apply", PIPELINE_PATH)
-    assert applied.returncode == 0, applied.stdout.decode()
+    code, out = await pipeline_command(ROOT, env, "topics", "apply", PIPELINE_PATH)
+    assert code == 0, out
     readings = workload()
     feeding = asyncio.create_task(feed(settings, readings.readings, FEED_CHUNKS))
     try:
