@@ -178,6 +178,10 @@ class StageEngine(Parking, Checkpointing):
             return self._dead_letter(record, partition, UndecodableRecord(str(exc)), 1, None)
         if recent is not None and self._identify(event) in recent and not _replayed(record):
             return self._skip(record, partition)  # redelivered: its output exists already
+        batcher = self._batcher
+        if batcher is not None:
+            batcher.start(event, self._on_batched, (record, partition, event, started))
+            return False
         try:
             result = step(self._call(event))
         except Exception as exc:
@@ -247,12 +251,38 @@ class StageEngine(Parking, Checkpointing):
     ) -> None:
         if task.cancelled():
             return
+        exc = task.exception()
+        result = task.result() if exc is None else None
+        self._after_handler(record, partition, event, started, result, exc)
+
+    def _on_batched(
+        self, token: tuple[ConsumerRecord, PartitionState, Any, float], outcome: Any
+    ) -> None:
+        """A batched handler's call returned: this event's part of it (an exception
+        instance is this event's failure)."""
+        record, partition, event, started = token
+        if isinstance(outcome, BaseException):
+            self._after_handler(record, partition, event, started, None, outcome)
+        else:
+            self._after_handler(record, partition, event, started, outcome, None)
+
+    def _after_handler(
+        self,
+        record: ConsumerRecord,
+        partition: PartitionState,
+        event: Any,
+        started: float,
+        result: Any,
+        exc: BaseException | None,
+        attempts_here: int = 1,
+    ) -> None:
+        """A handler that waited has its outcome: on along the record's path, and on
+        with its lane when the output is issued."""
         try:
-            exc = task.exception()
             if exc is not None:
-                issued = self._on_error(record, partition, event, exc, started)
+                issued = self._on_error(record, partition, event, exc, started, attempts_here)
             else:
-                issued = self._handled(record, partition, event, started, task.result())
+                issued = self._handled(record, partition, event, started, result)
             if issued:
                 self._continue_lane(record, partition)
         except Exception as exc:  # a callback's error would reach no one: stop instead
@@ -334,17 +364,10 @@ class StageEngine(Parking, Checkpointing):
     ) -> None:
         if task.cancelled():
             return
-        try:
-            exc = task.exception()
-            if exc is None:
-                issued = self._handled(record, partition, event, started, task.result())
-            else:
-                attempts = self._settings.in_process_attempts
-                issued = self._on_error(record, partition, event, exc, started, attempts)
-            if issued:
-                self._continue_lane(record, partition)
-        except Exception as error:  # a callback's error would reach no one: stop instead
-            self.fail(error)
+        exc = task.exception()
+        result = task.result() if exc is None else None
+        attempts = self._settings.in_process_attempts
+        self._after_handler(record, partition, event, started, result, exc, attempts)
 
 
 def _is_release_marker(record: ConsumerRecord) -> bool:

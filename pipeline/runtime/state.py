@@ -23,6 +23,7 @@ from pipeline.kafka.topology import Naming
 from pipeline.runtime.core.ledger import Lane, StageLedger
 from pipeline.runtime.core.receipts import Receipt
 from pipeline.runtime.dedupe import RecentIds
+from pipeline.runtime.micro_batch import MicroBatcher
 from pipeline.runtime.observer import StageObserver
 from pipeline.runtime.ports import ConsumerPort, RecordSink, Transactions
 from pipeline.runtime.stage import StageSpec
@@ -90,6 +91,8 @@ class EngineState:
         self._observer = observer
         self._decode = spec.decoder()
         self._call = spec.call(services, dependency_overrides)
+        # a batched handler: events go to it without a future each (see micro_batch)
+        self._batcher = self._call if isinstance(self._call, MicroBatcher) else None
         self._max_in_flight = settings.max_in_flight
         self._capacity = asyncio.Event()
         self._progress = asyncio.Event()
