@@ -53,7 +53,8 @@ def load_pipeline(path: str | None) -> LoadedPipeline:
         from pipeline.stages import checkout
 
         flow = [ORDERS_EVENTS, *(STAGE_TOPICS[name][1] for name in STAGE_NAMES)]
-        return LoadedPipeline("checkout", checkout.stages, flow, checkout.description)
+        stages = {name: checkout.stages[name] for name in STAGE_NAMES}  # in flow order
+        return LoadedPipeline("checkout", stages, flow, checkout.description)
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ConfigurationError(f"{path!r} is not module:attribute (e.g. myapp.flows:pipeline)")

@@ -66,6 +66,12 @@ def apply(
 
 @topics_app.command()
 def render(
+    app_path: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[MODULE:ATTRIBUTE]", help="Your Pipeline (default: the checkout flow)."
+        ),
+    ] = None,
     output_format: Annotated[
         RenderFormat, typer.Option("--format", help="The kind of resources to write.")
     ] = RenderFormat.STRIMZI,
@@ -92,8 +98,9 @@ def render(
     production = settings.topics.model_copy(
         update={"replication_factor": replicas, "min_insync_replicas": min_insync_replicas}
     )
-    topics = pipeline_topics(production)
     try:
+        loaded = load_pipeline(app_path)
+        topics = pipeline_topics(production, loaded.flow, list(loaded.stages))
         rendered = render_kafka_topics(topics, cluster, namespace=namespace)
     except PipelineError as exc:
         raise typer.BadParameter(str(exc)) from exc

@@ -62,6 +62,28 @@ def test_cli_render_writes_the_checked_in_file(
     assert output.read_text() == CHECKED_IN.read_text()
 
 
+def test_cli_renders_a_users_pipeline_from_its_own_stages(
+    default_topology: TopologySettings,
+    tmp_path: Path,
+) -> None:
+    from examples.sensors.flow import pipeline as sensors
+
+    output = tmp_path / "sensors-topics.yaml"
+
+    result = CliRunner().invoke(
+        app, ["topics", "render", "examples.sensors.flow:pipeline", "-o", str(output)]
+    )
+
+    assert result.exit_code == 0, result.output
+    names = [d["spec"].get("topicName", d["metadata"]["name"]) for d in parse(output.read_text())]
+    for topic in sensors.topics():
+        assert topic in names
+    for stage in sensors.stages:
+        assert f"{stage}.dlq" in names
+        assert f"{stage}.retry.1" in names
+    assert "orders.events" not in names  # nothing of the checkout flow
+
+
 def test_every_topic_becomes_one_kafka_topic_of_the_cluster(
     default_topology: TopologySettings,
 ) -> None:
