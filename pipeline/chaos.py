@@ -1,11 +1,13 @@
-"""``pipeline chaos``: the pipeline under kill -9, a broker restart, rebalances and
+"""``pipeline chaos``: a pipeline under kill -9, a broker restart, rebalances and
 SIGTERM, checked afterwards by the verifier.
 
-Every stage runs as its own ``pipeline run STAGE`` process in a fresh topic namespace.
-While orders are produced, random stage processes are killed with SIGKILL and started
+Every stage runs as its own ``pipeline run [MODULE:ATTR] STAGE`` process in a fresh
+topic namespace. While events are produced (the checkout's generated orders, or a user
+pipeline's input file), random stage processes are killed with SIGKILL and started
 again, one stage is scaled 1 -> 3 -> 1, and the local broker is restarted once. The
 pauses between actions are random on purpose: chaos picks its moments, it does not wait
-for conditions.
+for conditions. The checkout is checked by its own verifier, any other pipeline by the
+one derived from its stages (:mod:`pipeline.accounting`).
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
+from pipeline.accounting import FlowReport, verify_pipeline
 from pipeline.kafka.admin import apply_topics, delete_topics, group_members
 from pipeline.kafka.lag import wait_until_drained
 from pipeline.kafka.local import LocalKafka
 from pipeline.kafka.produce import produce_records
-from pipeline.kafka.topology import ORDERS_EVENTS, STAGE_NAMES, Naming, pipeline_topics
+from pipeline.kafka.topology import ORDERS_EVENTS, Naming, pipeline_topics
+from pipeline.loading import LoadedPipeline, load_pipeline
 from pipeline.settings import Settings
 from pipeline.verify import VerifyReport, verify
-from pipeline.workload import generate
+from pipeline.workload import WorkloadRecord, generate
 
 PIPELINE_BIN = Path(sys.executable).with_name("pipeline")
 
@@ -53,7 +57,7 @@ class ChaosLog:
 class ChaosResult:
     """The verifier's report plus what was done."""
 
-    report: VerifyReport
+    report: VerifyReport | FlowReport
     log: ChaosLog
     seconds: float
 
@@ -84,11 +88,15 @@ class ChaosResult:
 class _Stages:
     """The stage processes, restarted when they die."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path | None) -> None:
+    def __init__(
+        self, env: dict[str, str], log_dir: Path | None, names: list[str], app_path: str | None
+    ) -> None:
         self._env = env
         self._log_dir = log_dir
         self._started = 0
-        self.processes: dict[str, list[subprocess.Popen[bytes]]] = {s: [] for s in STAGE_NAMES}
+        self._names = names
+        self._run = [str(PIPELINE_BIN), "run", *([app_path] if app_path else [])]
+        self.processes: dict[str, list[subprocess.Popen[bytes]]] = {s: [] for s in names}
 
     def start(self, stage: str) -> subprocess.Popen[bytes]:
         self._started += 1
@@ -97,7 +105,7 @@ class _Stages:
             self._log_dir.mkdir(parents=True, exist_ok=True)
             output = (self._log_dir / f"{self._started:03d}-{stage}.log").open("wb")
         process = subprocess.Popen(
-            [str(PIPELINE_BIN), "run", stage],
+            [*self._run, stage],
             env=self._env,
             stdout=output,
             stderr=subprocess.STDOUT,
@@ -116,7 +124,7 @@ class _Stages:
                 log.restarts += 1
 
     def kill_random(self, rng: random.Random, log: ChaosLog) -> None:
-        stage = rng.choice(STAGE_NAMES)
+        stage = rng.choice(self._names)
         alive = [p for p in self.processes[stage] if p.poll() is None]
         if alive:
             victim = rng.choice(alive)
@@ -144,7 +152,12 @@ class _Stages:
 
 
 async def drain_reviving(
-    stages: _Stages, run: Settings, naming: Naming, log: ChaosLog, deadline: float
+    stages: _Stages,
+    run: Settings,
+    naming: Naming,
+    log: ChaosLog,
+    deadline: float,
+    sources: dict[str, str],
 ) -> None:
     """Wait until every stage's group has committed everything, starting again any
     stage whose processes all died meanwhile; :class:`TimeoutError` after ``deadline``
@@ -154,7 +167,7 @@ async def drain_reviving(
         try:
             await wait_until_drained(
                 run.kafka,
-                STAGE_NAMES,
+                sources,
                 naming=naming,
                 retry_levels=run.topics.retry_levels,
                 timeout_s=30,
@@ -199,29 +212,37 @@ async def run_chaos(
     orders: int,
     kills: int,
     restart_broker: bool = True,
-    scale_stage: str = "pay",
+    scale_stage: str | None = None,
     seed: int | None = None,
     drain_timeout_s: float = 600.0,
     log_dir: Path | None = None,
+    app_path: str | None = None,
+    inputs: dict[str, list[WorkloadRecord]] | None = None,
 ) -> ChaosResult:
-    """Run the chaos scenario in a fresh namespace and verify what came out."""
+    """Run the chaos scenario in a fresh namespace and verify what came out.
+
+    ``app_path`` (``MODULE:ATTR``) runs a user's pipeline on ``inputs`` (records by
+    entry topic, see :mod:`pipeline.input_file`) instead of the checkout on ``orders``
+    generated orders; ``scale_stage`` defaults to ``pay`` or the pipeline's middle stage.
+    """
     rng = random.Random(seed)
+    loaded = load_pipeline(app_path)
+    names = list(loaded.stages)
     prefix = f"chaos{uuid.uuid4().hex[:8]}."
     run = settings.model_copy(
         update={"topics": settings.topics.model_copy(update={"prefix": prefix})}
     )
     naming = Naming.of(run.topics)
-    topics = pipeline_topics(run.topics)
+    topics = pipeline_topics(run.topics, loaded.flow, names)
     await apply_topics(run.kafka, topics)
-    stages = _Stages(_env(run, prefix), log_dir)
+    stages = _Stages(_env(run, prefix), log_dir, names, app_path)
     log = ChaosLog()
     grace_s = run.stage.shutdown_drain_timeout_s + 10
+    scaled = scale_stage or ("pay" if app_path is None else names[len(names) // 2])
     started = time.monotonic()
-    for stage in STAGE_NAMES:
+    for stage in names:
         stages.start(stage)
-    producing = asyncio.create_task(
-        produce_records(run.kafka, naming.topic(ORDERS_EVENTS), generate(orders))
-    )
+    producing = asyncio.create_task(_produce(run, naming, app_path, orders, inputs))
     try:
         broker_restart_at = kills // 2 if restart_broker else -1
         for index in range(kills):
@@ -231,23 +252,49 @@ async def run_chaos(
                 await asyncio.to_thread(LocalKafka(run.local_kafka).restart)
                 log.broker_restarts += 1
                 stages.revive(log)
-            if index == kills // 3 and scale_stage:
-                extra = [stages.start(scale_stage) for _ in range(2)]
-                await _until_members(run, naming.group(scale_stage), 3, timeout_s=60)
+            if index == kills // 3:
+                extra = [stages.start(scaled) for _ in range(2)]
+                await _until_members(run, naming.group(scaled), 3, timeout_s=60)
                 log.rebalances += 1
                 await asyncio.sleep(rng.uniform(0.5, 1.5))
                 for process in extra:
                     stages.stop(process, log, grace_s)
                 log.rebalances += 1
         await producing
-        await drain_reviving(stages, run, naming, log, started + drain_timeout_s)
+        await drain_reviving(stages, run, naming, log, started + drain_timeout_s, loaded.sources)
     finally:
         if not producing.done():
             producing.cancel()
         stages.stop_all(log, grace_s)
-    report = await verify(run.kafka, naming)
+    report = await _verify(run, naming, loaded, app_path)
     seconds = round(time.monotonic() - started, 1)
     await delete_topics(run.kafka, [topic.name for topic in topics])
     return ChaosResult(
         report=report, log=log, seconds=seconds, guarantee=run.stage.processing_guarantee
     )
+
+
+async def _produce(
+    run: Settings,
+    naming: Naming,
+    app_path: str | None,
+    orders: int,
+    inputs: dict[str, list[WorkloadRecord]] | None,
+) -> None:
+    if app_path is None:
+        await produce_records(run.kafka, naming.topic(ORDERS_EVENTS), generate(orders))
+        return
+    await asyncio.gather(
+        *(
+            produce_records(run.kafka, naming.topic(topic), records)
+            for topic, records in (inputs or {}).items()
+        )
+    )
+
+
+async def _verify(
+    run: Settings, naming: Naming, loaded: LoadedPipeline, app_path: str | None
+) -> VerifyReport | FlowReport:
+    if app_path is None:
+        return await verify(run.kafka, naming)
+    return await verify_pipeline(run, loaded.name, loaded.stages)

@@ -203,7 +203,7 @@ async def run_failover(
     topics = pipeline_topics(run.topics)
     await apply_topics(run.kafka, topics)
     await wait_for_leaders(run.kafka, [topic.name for topic in topics])
-    stages = _Stages(_env(run, prefix), log_dir)
+    stages = _Stages(_env(run, prefix), log_dir, list(STAGE_NAMES), None)
     log = ChaosLog()
     started = time.monotonic()
     for stage in STAGE_NAMES:
@@ -235,7 +235,8 @@ async def run_failover(
             await asyncio.sleep(down_s)
             await asyncio.to_thread(cluster.start, killed)
         await producing
-        await drain_reviving(stages, run, naming, log, started + drain_timeout_s)
+        sources = {stage: STAGE_TOPICS[stage][0] for stage in STAGE_NAMES}
+        await drain_reviving(stages, run, naming, log, started + drain_timeout_s, sources)
         stages.revive(log)
         if watching.done():
             watching.result()  # the watch failed: its pause would be wrong

@@ -6,10 +6,9 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -20,18 +19,19 @@ from pipeline import loop
 from pipeline.cli.api import api_token, serve_api
 from pipeline.cli.asyncapi import asyncapi
 from pipeline.cli.bench import bench, bench_api
+from pipeline.cli.chaos import chaos, pipeline_inputs
 from pipeline.cli.db import db_app
 from pipeline.cli.dlq import dlq_app
 from pipeline.cli.kafka import kafka_app
+from pipeline.cli.logs import configure_logging
 from pipeline.cli.schedule import schedule
 from pipeline.cli.topics import topics_app
 from pipeline.cli.verify import print_report, verify
 from pipeline.errors import PipelineError
 from pipeline.kafka.produce import produce_records
-from pipeline.kafka.topology import ORDERS_EVENTS, STAGE_NAMES, Naming
+from pipeline.kafka.topology import ORDERS_EVENTS, Naming
 from pipeline.loading import is_pipeline_path, load_pipeline
-from pipeline.settings import Guarantee, load_settings
-from pipeline.telemetry.tracing import TraceContextFilter
+from pipeline.settings import load_settings
 from pipeline.workload import generate
 
 app = typer.Typer(help="A key-ordered Kafka checkout pipeline on FastStream.", no_args_is_help=True)
@@ -46,21 +46,9 @@ app.command("api-token")(api_token)
 app.command()(asyncapi)
 app.command()(schedule)
 app.command()(verify)
+app.command()(chaos)
 console = Console()
 err_console = Console(stderr=True)
-
-
-def _configure_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler()
-    handler.addFilter(TraceContextFilter())
-    handler.setFormatter(
-        logging.Formatter(
-            "%(asctime)s %(levelname)s %(name)s trace_id=%(trace_id)s span_id=%(span_id)s "
-            "%(message)s"
-        )
-    )
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=[handler])
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
 
 
 @app.command()
@@ -86,7 +74,7 @@ def run(
         raise typer.BadParameter(str(exc)) from exc
     if not names and not all_stages:
         raise typer.BadParameter(f"name stages ({', '.join(loaded.stages)}) or pass --all")
-    _configure_logging(verbose)
+    configure_logging(verbose)
     settings = load_settings()
     raise typer.Exit(loop.run(serve(settings, None if all_stages else names, loaded.stages)))
 
@@ -152,14 +140,36 @@ def status(
 
 @app.command()
 def produce(
+    app_path: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[MODULE:ATTR]", help="Your Pipeline (default: the checkout, on orders)."
+        ),
+    ] = None,
+    input_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--input",
+            metavar="FILE",
+            help='With MODULE:ATTR: JSON lines {"key": ..., "value": ...} to produce.',
+        ),
+    ] = None,
     orders: Annotated[int, typer.Option(help="How many orders to produce.")] = 1_000,
     seed: int = 7,
     invalid_every: Annotated[
         int, typer.Option(help="A pair of invalid records every N orders (0: none).")
     ] = 500,
 ) -> None:
-    """Produce realistic order lifecycles to orders.events."""
+    """Produce realistic order lifecycles to orders.events — or, for your pipeline, the
+    records of an input file to its entry topics."""
     settings = load_settings()
+    if app_path is not None or input_file is not None:
+        inputs = pipeline_inputs(app_path, input_file, 1, None)
+        naming = Naming.of(settings.topics)
+        for topic, records in (inputs or {}).items():
+            sent = asyncio.run(produce_records(settings.kafka, naming.topic(topic), records))
+            console.print(f"produced {sent} records to {topic}")
+        return
     with Progress(console=console) as progress:
         task = progress.add_task("producing", total=None)
         sent = asyncio.run(
@@ -184,7 +194,7 @@ def demo(
     """Broker, topics, all stages, N orders, drain, verify: exit 0 only when clean."""
     from pipeline.demo import run_demo
 
-    _configure_logging(False)
+    configure_logging(False)
     logging.getLogger().setLevel(logging.WARNING)
     for noisy in ("faststream", "faststream.access.kafka", "aiokafka"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
@@ -213,144 +223,3 @@ def demo(
     )
     print_report(result.report)
     raise typer.Exit(0 if result.report.clean else 1)
-
-
-@app.command()
-def chaos(
-    orders: Annotated[int, typer.Option(help="Orders to produce during the run.")] = 20_000,
-    kills: Annotated[int, typer.Option(help="Stage processes to kill -9.")] = 20,
-    restart_broker: Annotated[bool, typer.Option(help="Restart the local broker once.")] = True,
-    fail_rate: Annotated[float, typer.Option(help="Transient service failures.")] = 0.05,
-    json_output: Annotated[bool, typer.Option("--json")] = False,
-    seed: int | None = None,
-    guarantee: Annotated[
-        Guarantee | None,
-        typer.Option(help="Processing guarantee of every stage (default: from settings)."),
-    ] = None,
-    brokers: Annotated[
-        int,
-        typer.Option(
-            help="1: kill stages on the local broker. 3: kill brokers of a local "
-            "three-node cluster instead (the failover cases), each case in turn."
-        ),
-    ] = 1,
-    case: Annotated[
-        list[str] | None,
-        typer.Option(help="With --brokers 3: leader, controller, bounce (default: all)."),
-    ] = None,
-    rolling_restart: Annotated[
-        str | None,
-        typer.Option(
-            metavar="STAGE",
-            help="Instead: roll STAGE's three replicas, without and with static "
-            "membership, and report how long its output stood still.",
-        ),
-    ] = None,
-) -> None:
-    """Kill stages, restart the broker, rebalance, SIGTERM; then verify. Exit 0 only
-    when nothing was lost or reordered (and, exactly-once, nothing duplicated).
-
-    With ``--brokers 3``: a local three-node cluster loses a broker while the pipeline
-    runs (the partition leader, the active controller, or one that comes back); each
-    case reports its longest pause in output."""
-    from pipeline.broker import ensure_broker
-    from pipeline.chaos import run_chaos
-
-    if brokers > 1:
-        _failover_cases(brokers, case, orders, guarantee, json_output)
-        return
-    if rolling_restart is not None:
-        _rolling_restarts(rolling_restart, json_output)
-        return
-
-    _configure_logging(False)
-    for noisy in ("faststream", "faststream.access.kafka", "aiokafka"):
-        logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    settings = load_settings()
-    services = settings.services.model_copy(
-        update={"transient_failure_rate": fail_rate, "latency_ms": 1.0}
-    )
-    stage = settings.stage.model_copy(update={"retry_delays_s": [0.5, 1.0, 2.0]})
-    if guarantee is not None:
-        stage = stage.model_copy(
-            update={"processing_guarantee": guarantee, "processing_guarantees": {}}
-        )
-    settings = settings.model_copy(update={"services": services, "stage": stage})
-
-    async def run() -> Any:
-        await ensure_broker(settings)
-        return await run_chaos(
-            settings, orders=orders, kills=kills, restart_broker=restart_broker, seed=seed
-        )
-
-    result = loop.run(run())
-    if json_output:
-        typer.echo(json.dumps(result.as_dict()))
-    else:
-        print_report(result.report)
-        console.print(result.as_dict()["actions"])
-    raise typer.Exit(0 if result.clean else 1)
-
-
-def _rolling_restarts(stage: str, json_output: bool) -> None:
-    from pipeline.broker import ensure_broker
-    from pipeline.rolling import run_rolling_restart
-
-    if stage not in STAGE_NAMES:
-        raise typer.BadParameter(f"unknown stage {stage}; known: {list(STAGE_NAMES)}")
-    _configure_logging(False)
-    for noisy in ("faststream", "faststream.access.kafka", "aiokafka"):
-        logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    settings = load_settings()
-    loop.run(ensure_broker(settings))
-    clean = True
-    for static in (False, True):
-        result = loop.run(run_rolling_restart(settings, stage=stage, static=static))
-        clean = clean and result.clean
-        if json_output:
-            typer.echo(json.dumps(result.as_dict()))
-        else:
-            console.print(result.as_dict())
-    raise typer.Exit(0 if clean else 1)
-
-
-def _failover_cases(
-    brokers: int,
-    cases: list[str] | None,
-    orders: int,
-    guarantee: Guarantee | None,
-    json_output: bool,
-) -> None:
-    from pipeline.failover import CASES, run_failover
-    from pipeline.kafka.local_cluster import LocalCluster
-
-    unknown = [c for c in cases or () if c not in CASES]
-    if unknown:
-        raise typer.BadParameter(f"unknown case(s) {unknown}; known: {list(CASES)}")
-    _configure_logging(False)
-    for noisy in ("faststream", "faststream.access.kafka", "aiokafka"):
-        logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    settings = load_settings()
-    cluster = LocalCluster(settings.local_kafka, brokers)
-    cluster.up()
-    clean = True
-    logs = Path(".cache") / "chaos-logs" / time.strftime("%Y%m%d-%H%M%S")
-    for name in cases or CASES:
-        result = loop.run(
-            run_failover(
-                settings,
-                cluster,
-                name,  # type: ignore[arg-type]
-                orders=orders,
-                guarantee=guarantee or settings.stage.processing_guarantee,
-                log_dir=logs / name,
-            )
-        )
-        clean = clean and result.clean
-        if json_output:
-            typer.echo(json.dumps(result.as_dict()))
-        else:
-            print_report(result.report)
-            console.print({k: v for k, v in result.as_dict().items() if k != "report"})
-    err_console.print(f"stage logs: {logs}")
-    raise typer.Exit(0 if clean else 1)
