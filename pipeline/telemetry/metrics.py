@@ -16,7 +16,7 @@ from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from pipeline.failures.classify import Verdict
-from pipeline.telemetry.histograms import LoopHistogram
+from pipeline.telemetry.histograms import LoopHistogram, ObservationCount
 
 # Handlers here take microseconds (in-memory) to tens of milliseconds (remote calls).
 HANDLER_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -29,12 +29,6 @@ class PipelineMetrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.processed = Counter(
-            "pipeline_events_processed",
-            "Records whose handler succeeded and whose output was issued.",
-            ["stage"],
-            registry=registry,
-        )
         self.failed = Counter(
             "pipeline_events_failed",
             "Handler failures, by the verdict of the stage's error policy.",
@@ -65,6 +59,14 @@ class PipelineMetrics:
             "pipeline_end_to_end_latency_seconds",
             "Time from the event's creation (its occurred_at) to its handling here.",
             END_TO_END_BUCKETS,
+            registry,
+        )
+        # one per handler duration observed: the histogram's count, not a second
+        # per-record increment behind prometheus_client's lock
+        self.processed = ObservationCount(
+            "pipeline_events_processed",
+            "Records whose handler succeeded and whose output was issued.",
+            self.handler_duration,
             registry,
         )
         self.in_flight = Gauge(
@@ -149,7 +151,6 @@ class PrometheusObserver:
     def __init__(self, metrics: PipelineMetrics, stage: str) -> None:
         self._metrics = metrics
         self._stage = stage
-        self._processed = metrics.processed.labels(stage)
         self._retried = metrics.retried.labels(stage)
         self._duration = metrics.handler_duration.labels(stage)
         self._end_to_end = metrics.end_to_end.labels(stage)
@@ -161,8 +162,8 @@ class PrometheusObserver:
         self._in_flight.set(in_flight)
 
     def handled(self, seconds: float, event: Any) -> None:
-        """Count a success; observe handler time and time since the event's creation."""
-        self._processed.inc()
+        """Count a success (the duration's observation counts it as processed); observe
+        handler time and time since the event's creation."""
         self._duration.observe(seconds)
         occurred_at = _occurred_at(event)
         if occurred_at is not None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from pipeline.telemetry.histograms import LoopHistogram
+from pipeline.telemetry.histograms import LoopHistogram, ObservationCount
 
 pytestmark = pytest.mark.unit
 
@@ -46,3 +46,25 @@ def test_a_second_registration_of_the_name_is_refused() -> None:
     LoopHistogram("latency_seconds", "Latency.", BUCKETS, registry)
     with pytest.raises(ValueError, match="Duplicated"):
         LoopHistogram("latency_seconds", "Latency.", BUCKETS, registry)
+
+
+def test_the_observation_count_is_exported_as_a_counter_per_label() -> None:
+    registry = CollectorRegistry()
+    histogram = LoopHistogram("latency_seconds", "Latency.", BUCKETS, registry)
+    ObservationCount("handled", "Handled.", histogram, registry)
+    expected_registry = CollectorRegistry()
+    expected = Counter("handled", "Handled.", ["stage"], registry=expected_registry)
+    for stage, values in (("pay", VALUES), ("fulfil", VALUES[:3]), ("idle", [])):
+        child = histogram.labels(stage)
+        expected.labels(stage)
+        for value in values:
+            child.observe(value)
+            expected.labels(stage).inc()
+
+    def counter_lines(registry: CollectorRegistry) -> list[str]:
+        lines = generate_latest(registry).decode().splitlines()
+        lines = [line for line in lines if "_created" not in line]
+        return sorted(line for line in lines if line.startswith(("handled", "# TYPE handled")))
+
+    assert counter_lines(registry) == counter_lines(expected_registry)
+    assert registry.get_sample_value("handled_total", {"stage": "pay"}) == len(VALUES)
