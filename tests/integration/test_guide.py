@@ -20,9 +20,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
-from pipeline.kafka.connection import client_options
 from pipeline.settings import Settings
 from pipeline.verify import read_topic
 from tests.integration.helpers import PIPELINE_BIN, pipeline_command, stage_env
@@ -54,22 +52,21 @@ def celsius(device: str, seq: int) -> float:
     return 95.0 if seq % 5 == 0 else 20.0 + (hash(device) % 10)
 
 
-async def produce_readings(settings: Settings, topic: str) -> list[dict[str, object]]:
+async def produce_readings(directory: Path, env: dict[str, str]) -> list[dict[str, object]]:
+    """The readings, written as the guide says: a JSON-lines file and ``pipeline produce
+    sensors:pipeline --input``."""
     readings = [
         {"device_id": d, "site": f"site-{i % 3}", "celsius": celsius(d, s), "seq": s}
         for s in range(READINGS_PER_DEVICE)
         for i, d in enumerate(DEVICES)
     ]
-    producer = AIOKafkaProducer(**client_options(settings.kafka), enable_idempotence=True)
-    await producer.start()
-    try:
-        for reading in readings:
-            await producer.send(
-                topic, json.dumps(reading).encode(), key=str(reading["device_id"]).encode()
-            )
-        await producer.flush()
-    finally:
-        await producer.stop()
+    lines = (json.dumps({"key": r["device_id"], "value": r}) + "\n" for r in readings)
+    (directory / "readings.jsonl").write_text("".join(lines))
+    code, out = await pipeline_command(
+        directory, env, "produce", "sensors:pipeline", "--input", "readings.jsonl"
+    )
+    assert code == 0, out
+    assert f"produced {len(readings)} records to readings.raw" in out
     return readings
 
 
@@ -103,7 +100,7 @@ async def test_the_guides_pipeline_runs_from_its_own_package(
         stderr=subprocess.STDOUT,
     )
     try:
-        readings = await produce_readings(settings, f"{prefix}readings.raw")
+        readings = await produce_readings(tmp_path, env)
         valid = [r for r in readings if -50 <= float(r["celsius"]) <= 150]  # type: ignore[arg-type]
         broken = [r for r in valid if str(r["device_id"]).startswith("broken")]
         hot = [r for r in valid if float(r["celsius"]) > 90]  # type: ignore[arg-type]
