@@ -27,7 +27,7 @@ from pipeline.failures import provenance
 from pipeline.failures.holds import parked_keys
 from pipeline.failures.parked import hold_of
 from pipeline.kafka.admin import topic_partitions
-from pipeline.kafka.connection import client_options, stop_consumer
+from pipeline.kafka.connection import assign_from_beginning, client_options, stop_consumer
 from pipeline.kafka.topology import ORDERS_EVENTS, ORDERS_FULFILLED, STAGE_NAMES, Naming
 from pipeline.settings import KafkaSettings
 
@@ -80,9 +80,7 @@ async def read_topic(
     )
     await consumer.start()
     try:
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
+        ends = await assign_from_beginning(consumer, tps)
         remaining = {tp for tp in tps if ends[tp] > 0}
         records: list[ConsumerRecord] = []
         async with asyncio.timeout(timeout_s):

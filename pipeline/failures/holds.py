@@ -16,7 +16,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from pipeline.kafka.connection import client_options, stop_consumer
+from pipeline.kafka.connection import assign_from_beginning, client_options, stop_consumer
 from pipeline.settings import KafkaSettings
 
 PARKED = "parked"
@@ -94,9 +94,7 @@ async def load_holds(
     holds: dict[tuple[int, bytes], Hold] = {}
     try:
         tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        ends = await consumer.end_offsets(tps)
+        ends = await assign_from_beginning(consumer, tps)
         remaining = {tp for tp in tps if ends[tp] > 0}
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=500)

@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from pipeline.failures import provenance
-from pipeline.kafka.connection import client_options, stop_consumer
+from pipeline.kafka.connection import assign_from_beginning, client_options, stop_consumer
 from pipeline.settings import KafkaSettings
 
 
@@ -55,10 +55,8 @@ async def read_parked(
     seen: set[str] = set()
     try:
         tp = TopicPartition(topic, partition)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
-        while await consumer.position(tp) < end:
+        end = (await assign_from_beginning(consumer, [tp]))[tp]
+        while end and await consumer.position(tp) < end:
             for record in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
                 if record.offset >= end or record.key != key or hold_of(record) != hold:
                     continue

@@ -7,6 +7,7 @@ import ssl
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
 from pipeline.errors import ConfigurationError
@@ -84,3 +85,22 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise
+
+
+async def assign_from_beginning(
+    consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """Assign ``consumer`` (started, no group) the ``partitions`` that hold records, from
+    their beginning; their end offsets now (every partition's).
+
+    The ends are asked first: an assigned partition is long-polled at once, the broker
+    answers a connection's requests in order, and an end-offsets request queued behind
+    the fetch of an empty partition waits out ``fetch_max_wait_ms`` (half a second, on
+    every stage start that reads its empty holds journal).
+    """
+    ends: dict[TopicPartition, int] = await consumer.end_offsets(partitions)
+    holding = [tp for tp in partitions if ends[tp] > 0]
+    if holding:
+        consumer.assign(holding)
+        await consumer.seek_to_beginning(*holding)
+    return ends

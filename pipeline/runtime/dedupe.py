@@ -89,15 +89,15 @@ async def recent_event_ids(
     await consumer.start()
     found: list[str] = []
     try:
-        consumer.assign(partitions)
+        # offsets before assigning: see pipeline.kafka.connection.assign_from_beginning
         starts = await consumer.beginning_offsets(partitions)
         ends = await consumer.end_offsets(partitions)
-        remaining = set()
-        for tp in partitions:
-            first = max(starts[tp], ends[tp] - per_partition)
-            if first < ends[tp]:
-                consumer.seek(tp, first)
-                remaining.add(tp)
+        firsts = {tp: max(starts[tp], ends[tp] - per_partition) for tp in partitions}
+        remaining = {tp for tp, first in firsts.items() if first < ends[tp]}
+        if remaining:
+            consumer.assign(list(remaining))
+        for tp in remaining:
+            consumer.seek(tp, firsts[tp])
         while remaining:
             batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=10_000)
             for tp, records in batch.items():
