@@ -13,12 +13,27 @@ from rich.console import Console
 
 from pipeline.bench.scenarios import BenchSizes, markdown_table, run_scenarios
 from pipeline.broker import ensure_broker
-from pipeline.settings import load_settings
+from pipeline.settings import Settings, load_settings
 
 console = Console()
 
 
 def bench(
+    app_path: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[MODULE:ATTR]",
+            help="Your Pipeline, over --input FILE (default: the scenarios below).",
+        ),
+    ] = None,
+    input_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--input",
+            metavar="FILE",
+            help='With MODULE:ATTR: JSON lines {"key": ..., "value": ...}, the backlog.',
+        ),
+    ] = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
     scenario: Annotated[
         list[str] | None,
@@ -29,11 +44,15 @@ def bench(
         int | None, typer.Option(help="Partitions per topic (default: PIPELINE_TOPICS_*).")
     ] = None,
 ) -> None:
-    """Run the benchmark scenarios on the configured (or local) broker."""
+    """Run the benchmark scenarios on the configured (or local) broker — or your
+    pipeline, one process per stage, over the backlog of an input file."""
     settings = load_settings()
     if partitions is not None:
         topics = settings.topics.model_copy(update={"partitions": partitions})
         settings = settings.model_copy(update={"topics": topics})
+    if app_path is not None or input_file is not None:
+        _bench_pipeline(settings, app_path, input_file, json_path)
+        return
     sizes = BenchSizes(
         cpu_events=events, io_events=events // 2, checkout_events=max(100_000, events // 2)
     )
@@ -69,6 +88,28 @@ def bench(
     if json_path is not None:
         json_path.write_text(json.dumps(results, indent=2))
         console.print(f"results written to {json_path}")
+
+
+def _bench_pipeline(
+    settings: Settings, app_path: str | None, input_file: Path | None, json_path: Path | None
+) -> None:
+    from pipeline.bench.any_pipeline import run_pipeline_bench
+    from pipeline.cli.chaos import pipeline_inputs
+
+    inputs = pipeline_inputs(app_path, input_file, 1, None)
+    if app_path is None or inputs is None:  # pipeline_inputs has refused an --input alone
+        raise typer.BadParameter("--input goes with MODULE:ATTR")
+
+    async def run() -> dict[str, Any]:
+        await ensure_broker(settings)
+        return (await run_pipeline_bench(settings, app_path, inputs)).as_dict()
+
+    result = asyncio.run(run())
+    console.print(result)
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2))
+        console.print(f"results written to {json_path}")
+    raise typer.Exit(0 if result["clean"] else 1)
 
 
 def bench_api(
