@@ -12,7 +12,7 @@ from typing import Any
 import uvicorn
 
 from pipeline.app import PipelineApp, create_app
-from pipeline.loop import freeze_startup_heap
+from pipeline.loop import tune_garbage_collector
 from pipeline.runtime.stage import StageSpec
 from pipeline.settings import Settings
 
@@ -49,7 +49,7 @@ async def serve(
     SIGUSR1 logs each stage engine's state (in flight, held keys, paused partitions).
     """
     pipeline = build(settings, stage_names, catalog)
-    freeze_startup_heap()
+    tune_garbage_collector()
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _log_state, pipeline)
     if settings.http.enabled:
         config = uvicorn.Config(

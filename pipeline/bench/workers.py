@@ -43,7 +43,7 @@ class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def _ready() -> None:
-    loop.freeze_startup_heap()  # as `pipeline run` does; every implementation alike
+    loop.tune_garbage_collector()  # as `pipeline run` does; every implementation alike
     print("READY", flush=True)
 
 
