@@ -20,14 +20,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord
 
 from pipeline.failures import provenance
 from pipeline.failures.holds import parked_keys
 from pipeline.failures.parked import hold_of
 from pipeline.kafka.admin import topic_partitions
-from pipeline.kafka.connection import assign_from_beginning, client_options, stop_consumer
+from pipeline.kafka.connection import assign_from_beginning, stop_consumer, topic_reader
 from pipeline.kafka.topology import ORDERS_EVENTS, ORDERS_FULFILLED, STAGE_NAMES, Naming
 from pipeline.settings import KafkaSettings
 
@@ -72,12 +71,7 @@ async def read_topic(
     tps = await topic_partitions(settings, [topic])
     if not tps:
         return []
-    consumer = AIOKafkaConsumer(
-        **client_options(settings),
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        max_partition_fetch_bytes=4 * 1024 * 1024,
-    )
+    consumer = topic_reader(settings, max_partition_fetch_bytes=4 * 1024 * 1024)
     await consumer.start()
     try:
         ends = await assign_from_beginning(consumer, tps)

@@ -13,10 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import orjson
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from pipeline.kafka.connection import assign_from_beginning, client_options, stop_consumer
+from pipeline.kafka.connection import assign_from_beginning, stop_consumer, topic_reader
 from pipeline.settings import KafkaSettings
 
 PARKED = "parked"
@@ -87,9 +86,7 @@ async def load_holds(
     a tombstone releases."""
     if not partitions:
         return {}
-    consumer = AIOKafkaConsumer(
-        **client_options(settings), enable_auto_commit=False, isolation_level="read_committed"
-    )
+    consumer = topic_reader(settings)
     await consumer.start()
     holds: dict[tuple[int, bytes], Hold] = {}
     try:

@@ -13,11 +13,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from pipeline.failures import provenance
-from pipeline.kafka.connection import assign_from_beginning, client_options, stop_consumer
+from pipeline.kafka.connection import assign_from_beginning, stop_consumer, topic_reader
 from pipeline.settings import KafkaSettings
 
 
@@ -47,9 +46,7 @@ async def read_parked(
 ) -> list[ConsumerRecord]:
     """The events parked under ``hold`` for ``key`` in one partition, in parked order,
     each once (a record parked again after a crash keeps its first place)."""
-    consumer = AIOKafkaConsumer(
-        **client_options(settings), enable_auto_commit=False, isolation_level="read_committed"
-    )
+    consumer = topic_reader(settings)
     await consumer.start()
     found: list[ConsumerRecord] = []
     seen: set[str] = set()

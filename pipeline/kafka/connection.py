@@ -87,6 +87,24 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
             raise
 
 
+def topic_reader(settings: KafkaSettings, **options: Any) -> AIOKafkaConsumer:
+    """A consumer with no group that reads committed records of partitions it is told
+    (a stage's journal and dedupe tails on assignment, the verifier, lag checks).
+
+    It asks for metadata again after 20 ms, not aiokafka's 100: a fresh client knows
+    no topic yet, and every offset lookup on a topic it has not seen waited out the
+    backoff — a stage reading its holds journal and its two dedupe tails on assignment
+    spent 0.3 s doing so.
+    """
+    return AIOKafkaConsumer(
+        **client_options(settings),
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        retry_backoff_ms=20,
+        **options,
+    )
+
+
 async def assign_from_beginning(
     consumer: AIOKafkaConsumer, partitions: list[TopicPartition]
 ) -> dict[TopicPartition, int]:

@@ -6,11 +6,10 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from pipeline.kafka.admin import admin_client, topic_partitions
-from pipeline.kafka.connection import client_options, stop_consumer
+from pipeline.kafka.connection import stop_consumer, topic_reader
 from pipeline.kafka.topology import Naming
 from pipeline.settings import KafkaSettings
 
@@ -20,9 +19,7 @@ async def end_offsets(settings: KafkaSettings, topics: Sequence[str]) -> dict[To
     tps = await topic_partitions(settings, list(topics))
     if not tps:
         return {}
-    consumer = AIOKafkaConsumer(
-        **client_options(settings), enable_auto_commit=False, isolation_level="read_committed"
-    )
+    consumer = topic_reader(settings)
     await consumer.start()
     try:
         return dict(await consumer.end_offsets(tps))
@@ -91,9 +88,7 @@ async def _only_markers_left(
     settings: KafkaSettings, starts: dict[TopicPartition, int], ends: dict[TopicPartition, int]
 ) -> set[TopicPartition]:
     """Partitions with no committed record between ``starts`` and their end."""
-    consumer = AIOKafkaConsumer(
-        **client_options(settings), enable_auto_commit=False, isolation_level="read_committed"
-    )
+    consumer = topic_reader(settings)
     await consumer.start()
     empty: set[TopicPartition] = set()
     try:

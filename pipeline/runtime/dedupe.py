@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import orjson
-from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from pipeline.failures.provenance import EVENT_ID, ORIGIN_OFFSET, ORIGIN_PARTITION, ORIGIN_TOPIC
-from pipeline.kafka.connection import client_options, stop_consumer
+from pipeline.kafka.connection import stop_consumer, topic_reader
 from pipeline.settings import KafkaSettings
 
 
@@ -83,9 +82,7 @@ async def recent_event_ids(
     partition, oldest first."""
     if not partitions or per_partition <= 0:
         return []
-    consumer = AIOKafkaConsumer(
-        **client_options(settings), enable_auto_commit=False, isolation_level="read_committed"
-    )
+    consumer = topic_reader(settings)
     await consumer.start()
     found: list[str] = []
     try:
