@@ -57,6 +57,11 @@ class CredentialsRejected(ConfigurationError):
     """A broker answers but refuses the configured SASL user name or password."""
 
 
+class MissingTopics(ConfigurationError):
+    """Topics a stage reads or writes do not exist on the broker (they are created from
+    the code by ``pipeline topics apply``, or as Strimzi ``KafkaTopic`` resources)."""
+
+
 class NoOutput(FatalError):
     """A handler returned something that is neither an event, an :class:`Output`, a
     list of them, nor ``None``; or an output to a topic its stage did not declare."""

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -76,7 +77,12 @@ def run(
         raise typer.BadParameter(f"name stages ({', '.join(loaded.stages)}) or pass --all")
     configure_logging(verbose)
     settings = load_settings()
-    raise typer.Exit(loop.run(serve(settings, None if all_stages else names, loaded.stages)))
+    try:
+        code = loop.run(serve(settings, None if all_stages else names, loaded.stages))
+    except PipelineError as exc:  # it cannot start here (topics, broker, credentials)
+        err_console.print(f"[red]cannot run:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    raise typer.Exit(code)
 
 
 @app.command()

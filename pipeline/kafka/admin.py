@@ -140,6 +140,13 @@ async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[T
     )
 
 
+async def missing_topics(settings: KafkaSettings, topics: list[str]) -> list[str]:
+    """Those of ``topics`` the broker does not have, in the order given."""
+    async with admin_client(settings) as client:
+        existing = set(await client.list_topics())
+    return [topic for topic in topics if topic not in existing]
+
+
 async def _partition_counts(
     client: Any, names: list[str], timeout_s: float = 15.0
 ) -> dict[str, int]:

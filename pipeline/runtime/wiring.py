@@ -20,7 +20,9 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaRouter
 from faststream.kafka.annotations import KafkaMessage
 
+from pipeline.errors import MissingTopics
 from pipeline.failures.provenance import Headers
+from pipeline.kafka.admin import missing_topics
 from pipeline.kafka.connection import client_options
 from pipeline.kafka.group_fencing import ConsumerGroupMetadata
 from pipeline.kafka.internals import fetch_position, group_metadata, skip_decoding
@@ -227,6 +229,15 @@ class StageRuntime:
             *self.engine.retry_topics,
             *([self.engine.parked_topic] if self.engine.parks else []),
         ]
+        # One clear refusal instead of aiokafka's "not found in cluster metadata" ten
+        # times a second until its request timeout.
+        missing = await missing_topics(self._kafka, [*topics, self.engine.source_topic])
+        if missing:
+            raise MissingTopics(
+                f"stage {self.spec.name}: topics missing on the broker: {', '.join(missing)}. "
+                "Create them from the code with `pipeline topics apply [MODULE:ATTR]` (or as "
+                "the KafkaTopics `pipeline topics render` writes)"
+            )
         counts = {topic: len(await self._producer.partitions_for(topic)) for topic in topics}
         source_partitions = counts[topics[0]]
         if self.exactly_once:
