@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -140,11 +141,24 @@ async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[T
     )
 
 
-async def missing_topics(settings: KafkaSettings, topics: list[str]) -> list[str]:
-    """Those of ``topics`` the broker does not have, in the order given."""
+async def missing_topics(
+    settings: KafkaSettings, topics: list[str], wait_s: float = 5.0
+) -> list[str]:
+    """Those of ``topics`` the broker does not have, in the order given.
+
+    Asked as the list of every topic: a metadata request by name lets a broker with
+    ``auto.create.topics.enable`` (Kafka's default) create a missing topic with its
+    default partitions. That list trails a creation by a second or so, so topics just
+    created get up to ``wait_s`` to show in it.
+    """
+    deadline = time.monotonic() + wait_s
     async with admin_client(settings) as client:
-        existing = set(await client.list_topics())
-    return [topic for topic in topics if topic not in existing]
+        while True:
+            existing = set(await client.list_topics())
+            missing = [topic for topic in topics if topic not in existing]
+            if not missing or time.monotonic() >= deadline:
+                return missing
+            await asyncio.sleep(0.25)  # no notification exists for it: look again
 
 
 async def _partition_counts(
