@@ -13,27 +13,15 @@ from rich.console import Console
 
 from pipeline.bench.scenarios import BenchSizes, markdown_table, run_scenarios
 from pipeline.broker import ensure_broker
+from pipeline.cli.inputs import InputFile, PipelinePath, pipeline_inputs
 from pipeline.settings import Settings, load_settings
 
 console = Console()
 
 
 def bench(
-    app_path: Annotated[
-        str | None,
-        typer.Argument(
-            metavar="[MODULE:ATTR]",
-            help="Your Pipeline, over --input FILE (default: the scenarios below).",
-        ),
-    ] = None,
-    input_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--input",
-            metavar="FILE",
-            help='With MODULE:ATTR: JSON lines {"key": ..., "value": ...}, the backlog.',
-        ),
-    ] = None,
+    app_path: PipelinePath = None,
+    input_file: InputFile = None,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write results here.")] = None,
     scenario: Annotated[
         list[str] | None,
@@ -94,9 +82,8 @@ def _bench_pipeline(
     settings: Settings, app_path: str | None, input_file: Path | None, json_path: Path | None
 ) -> None:
     from pipeline.bench.any_pipeline import run_pipeline_bench
-    from pipeline.cli.chaos import pipeline_inputs
 
-    inputs = pipeline_inputs(app_path, input_file, 1, None)
+    inputs = pipeline_inputs(app_path, input_file)
     if app_path is None or inputs is None:  # pipeline_inputs has refused an --input alone
         raise typer.BadParameter("--input goes with MODULE:ATTR")
 

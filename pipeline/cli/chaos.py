@@ -12,38 +12,22 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from pipeline import loop
+from pipeline.cli.inputs import InputFile, PipelinePath, pipeline_inputs
 from pipeline.cli.logs import configure_logging
 from pipeline.cli.verify import print_flow_report, print_report
-from pipeline.errors import PipelineError
-from pipeline.input_file import read_input_records
 from pipeline.kafka.topology import STAGE_NAMES
-from pipeline.loading import load_pipeline
 from pipeline.settings import Guarantee, load_settings
 from pipeline.verify import VerifyReport
-from pipeline.workload import WorkloadRecord
 
 console = Console()
 err_console = Console(stderr=True)
 
 
 def chaos(
-    app_path: Annotated[
-        str | None,
-        typer.Argument(
-            metavar="[MODULE:ATTR]", help="Your Pipeline (default: the checkout, on orders)."
-        ),
-    ] = None,
-    input_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--input",
-            metavar="FILE",
-            help='With MODULE:ATTR: JSON lines {"key": ..., "value": ...} to produce.',
-        ),
-    ] = None,
+    app_path: PipelinePath = None,
+    input_file: InputFile = None,
     orders: Annotated[int, typer.Option(help="Orders to produce during the run.")] = 20_000,
     kills: Annotated[int, typer.Option(help="Stage processes to kill -9.")] = 20,
     restart_broker: Annotated[bool, typer.Option(help="Restart the local broker once.")] = True,
@@ -86,7 +70,9 @@ def chaos(
     from pipeline.broker import ensure_broker
     from pipeline.chaos import run_chaos
 
-    inputs = pipeline_inputs(app_path, input_file, brokers, rolling_restart)
+    if app_path is not None and (brokers > 1 or rolling_restart is not None):
+        raise typer.BadParameter("--brokers 3 and --rolling-restart run the checkout flow only")
+    inputs = pipeline_inputs(app_path, input_file)
     if brokers > 1:
         _failover_cases(brokers, case, orders, guarantee, json_output)
         return
@@ -130,27 +116,6 @@ def chaos(
             print_flow_report(result.report)
         console.print(result.as_dict()["actions"])
     raise typer.Exit(0 if result.clean else 1)
-
-
-def pipeline_inputs(
-    app_path: str | None, input_file: Path | None, brokers: int, rolling_restart: str | None
-) -> dict[str, list[WorkloadRecord]] | None:
-    """A user pipeline's input records for ``chaos`` and ``produce`` (the checkout makes
-    its own orders)."""
-    if app_path is None:
-        if input_file is not None:
-            raise typer.BadParameter("--input goes with MODULE:ATTR (the checkout makes orders)")
-        return None
-    if brokers > 1 or rolling_restart is not None:
-        raise typer.BadParameter("--brokers 3 and --rolling-restart run the checkout flow only")
-    if input_file is None:
-        raise typer.BadParameter("your pipeline needs --input FILE: the events to produce")
-    try:
-        return read_input_records(input_file, load_pipeline(app_path).entry_topics())
-    except PipelineError as exc:
-        # One line naming the file and line, not wrapped in a box.
-        err_console.print(f"[red]input refused:[/red] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(2) from exc
 
 
 def _rolling_restarts(stage: str, json_output: bool) -> None:

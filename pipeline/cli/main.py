@@ -7,7 +7,6 @@ import contextlib
 import json
 import logging
 from dataclasses import asdict
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -20,9 +19,10 @@ from pipeline import loop
 from pipeline.cli.api import api_token, serve_api
 from pipeline.cli.asyncapi import asyncapi
 from pipeline.cli.bench import bench, bench_api
-from pipeline.cli.chaos import chaos, pipeline_inputs
+from pipeline.cli.chaos import chaos
 from pipeline.cli.db import db_app
 from pipeline.cli.dlq import dlq_app
+from pipeline.cli.inputs import InputFile, PipelinePath, pipeline_inputs
 from pipeline.cli.kafka import kafka_app
 from pipeline.cli.logs import configure_logging
 from pipeline.cli.schedule import schedule
@@ -146,20 +146,8 @@ def status(
 
 @app.command()
 def produce(
-    app_path: Annotated[
-        str | None,
-        typer.Argument(
-            metavar="[MODULE:ATTR]", help="Your Pipeline (default: the checkout, on orders)."
-        ),
-    ] = None,
-    input_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--input",
-            metavar="FILE",
-            help='With MODULE:ATTR: JSON lines {"key": ..., "value": ...} to produce.',
-        ),
-    ] = None,
+    app_path: PipelinePath = None,
+    input_file: InputFile = None,
     orders: Annotated[int, typer.Option(help="How many orders to produce.")] = 1_000,
     seed: int = 7,
     invalid_every: Annotated[
@@ -170,7 +158,7 @@ def produce(
     records of an input file to its entry topics."""
     settings = load_settings()
     if app_path is not None or input_file is not None:
-        inputs = pipeline_inputs(app_path, input_file, 1, None)
+        inputs = pipeline_inputs(app_path, input_file)
         naming = Naming.of(settings.topics)
         for topic, records in (inputs or {}).items():
             sent = asyncio.run(produce_records(settings.kafka, naming.topic(topic), records))
