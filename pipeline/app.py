@@ -46,6 +46,13 @@ class PipelineApp:
         """Start producers, then the broker and its consumers."""
         await self.app.start()
 
+    async def check_topics(self) -> None:
+        """Raise :class:`~pipeline.errors.MissingTopics` naming what a stage of this
+        process needs and the broker does not have (``start`` checks too; a process that
+        serves HTTP checks first, so the refusal is not lost in the server's start-up)."""
+        for runtime in self.runtimes:
+            await runtime.check_topics()
+
     async def stop(self) -> None:
         """Drain and commit every stage, then stop the broker (leaving the groups)."""
         await self.app.stop()
@@ -74,6 +81,15 @@ def create_app(
     unknown = [name for name in names if name not in catalog]
     if unknown:
         raise ConfigurationError(f"unknown stage(s) {unknown}; known: {list(catalog)}")
+    for name in names:
+        # one retry topic per delay, and `topics apply` creates PIPELINE_TOPICS_RETRY_LEVELS
+        delays = catalog[name].settings_for(settings.stage).retry_delays_s
+        if len(delays) != settings.topics.retry_levels:
+            raise ConfigurationError(
+                f"stage {name} declares {len(delays)} retry delays but "
+                f"PIPELINE_TOPICS_RETRY_LEVELS is {settings.topics.retry_levels}: a stage "
+                "has one retry topic per delay"
+            )
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry)
     observers = observers or {name: PrometheusObserver(metrics, name) for name in names}

@@ -74,9 +74,13 @@ class ChaosResult:
 
     @property
     def clean(self) -> bool:
-        """Nothing lost, reordered or unknown; in exactly-once mode nothing duplicated."""
+        """Nothing lost, reordered or unknown; in exactly-once mode nothing duplicated.
+        Not clean either when loss could not be checked (a stage of a user's pipeline
+        without ``identify``): a run that cannot tell is not a run that passed."""
         report = self.report
         duplicates_allowed = self.guarantee != "exactly_once"
+        if isinstance(report, FlowReport) and not report.loss_verified:
+            return False
         return (
             report.lost == 0
             and report.out_of_order == 0

@@ -49,6 +49,7 @@ async def serve(
     SIGUSR1 logs each stage engine's state (in flight, held keys, paused partitions).
     """
     pipeline = build(settings, stage_names, catalog)
+    await pipeline.check_topics()  # before a server whose failed start-up would hide it
     tune_garbage_collector()
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _log_state, pipeline)
     if settings.http.enabled:

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pipeline.accounting import verify_pipeline
 from pipeline.bench.runner import _proc_cpu_seconds, _proc_peak_rss_mb
 from pipeline.chaos import PIPELINE_BIN
+from pipeline.errors import PipelineError
 from pipeline.kafka.admin import apply_topics, delete_topics
 from pipeline.kafka.lag import wait_until_drained
 from pipeline.kafka.produce import produce_records
@@ -31,6 +35,10 @@ from pipeline.kafka.topology import Naming, pipeline_topics
 from pipeline.loading import load_pipeline
 from pipeline.settings import Settings
 from pipeline.workload import WorkloadRecord
+
+
+class StageExited(PipelineError):
+    """A stage process ended while the benchmark waited for the backlog to drain."""
 
 
 @dataclass(slots=True)
@@ -43,6 +51,10 @@ class PipelineBench:
     cpu_s_per_stage: dict[str, float] = field(default_factory=dict)
     rss_mb_per_stage: dict[str, float] = field(default_factory=dict)
     clean: bool = False
+    """The derived verifier found nothing lost, duplicated or reordered, and could check
+    loss at every stage (each declares ``identify``)."""
+    notes: list[str] = field(default_factory=list)
+    """What the verifier could not check, and why."""
 
     @property
     def drain_eps(self) -> float:
@@ -95,43 +107,58 @@ async def run_pipeline_bench(
         "PIPELINE_TOPICS_PREFIX": prefix,
         "PIPELINE_HTTP_ENABLED": "false",
     }
-    started = time.time()
-    processes = {
-        name: await asyncio.create_subprocess_exec(
-            str(PIPELINE_BIN),
-            "run",
-            app_path,
-            name,
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        for name in loaded.stages
-    }
+    logs = Path(tempfile.mkdtemp(prefix="pipeline-bench-"))
     try:
-        await wait_until_drained(
-            settings.kafka,
-            loaded.sources,
-            naming=naming,
-            retry_levels=topology.retry_levels,
-            timeout_s=timeout_s,
-            poll_s=0.2,
-        )
-        drained_at = time.time()
-        cpu = {name: _proc_cpu_seconds(p.pid) for name, p in processes.items()}
-        rss = {name: _proc_peak_rss_mb(p.pid) for name, p in processes.items()}
+        started = time.time()
+        processes = {
+            name: await asyncio.create_subprocess_exec(
+                str(PIPELINE_BIN),
+                "run",
+                app_path,
+                name,
+                env=env,
+                stdout=(logs / f"{name}.log").open("wb"),
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            for name in loaded.stages
+        }
+        try:
+            draining = asyncio.ensure_future(
+                wait_until_drained(
+                    settings.kafka,
+                    loaded.sources,
+                    naming=naming,
+                    retry_levels=topology.retry_levels,
+                    timeout_s=timeout_s,
+                    poll_s=0.2,
+                )
+            )
+            exits = {asyncio.ensure_future(p.wait()): name for name, p in processes.items()}
+            done, _ = await asyncio.wait({draining, *exits}, return_when=asyncio.FIRST_COMPLETED)
+            if draining not in done:
+                draining.cancel()
+                name = next(name for task, name in exits.items() if task in done)
+                tail = (logs / f"{name}.log").read_text(errors="replace")[-2000:]
+                raise StageExited(f"stage {name} exited before the backlog drained:\n{tail}")
+            draining.result()
+            drained_at = time.time()
+            cpu = {name: _proc_cpu_seconds(p.pid) for name, p in processes.items()}
+            rss = {name: _proc_peak_rss_mb(p.pid) for name, p in processes.items()}
+        finally:
+            for process in processes.values():
+                if process.returncode is None:
+                    process.terminate()
+            await asyncio.gather(*(p.wait() for p in processes.values()))
+        report = await verify_pipeline(run, loaded.name, loaded.stages)
     finally:
-        for process in processes.values():
-            if process.returncode is None:
-                process.terminate()
-        await asyncio.gather(*(p.wait() for p in processes.values()))
-    report = await verify_pipeline(run, loaded.name, loaded.stages)
-    await delete_topics(settings.kafka, [t.name for t in topics])
+        await delete_topics(settings.kafka, [t.name for t in topics])
+        shutil.rmtree(logs, ignore_errors=True)
     return PipelineBench(
         pipeline=loaded.name,
         events=produced,
         drain_s=drained_at - started,
         cpu_s_per_stage=cpu,
         rss_mb_per_stage=rss,
-        clean=report.clean,
+        clean=report.clean and report.loss_verified,
+        notes=report.notes,
     )

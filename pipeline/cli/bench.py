@@ -10,13 +10,16 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pipeline.bench.scenarios import BenchSizes, markdown_table, run_scenarios
 from pipeline.broker import ensure_broker
 from pipeline.cli.inputs import InputFile, PipelinePath, pipeline_inputs
+from pipeline.errors import PipelineError
 from pipeline.settings import Settings, load_settings
 
 console = Console()
+err_console = Console(stderr=True)
 
 
 def bench(
@@ -91,7 +94,11 @@ def _bench_pipeline(
         await ensure_broker(settings)
         return (await run_pipeline_bench(settings, app_path, inputs)).as_dict()
 
-    result = asyncio.run(run())
+    try:
+        result = asyncio.run(run())
+    except PipelineError as exc:  # a stage that could not run, with the end of its log
+        err_console.print(f"[red]bench failed:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     console.print(result)
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2))

@@ -141,6 +141,7 @@ async def topic_partitions(settings: KafkaSettings, topics: list[str]) -> list[T
     )
 
 
+@metadata_retries
 async def missing_topics(
     settings: KafkaSettings, topics: list[str], wait_s: float = 5.0
 ) -> list[str]:

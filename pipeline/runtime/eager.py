@@ -22,8 +22,7 @@ EAGER_TASKS = sys.version_info >= (3, 12)
 
 
 class Pending:
-    """The call suspended and its outcome comes with ``task`` (a task, or the future a
-    batched handler's call returns)."""
+    """The call suspended and its outcome comes with ``task``."""
 
     __slots__ = ("task",)
 
@@ -34,12 +33,8 @@ class Pending:
 def step(call: Awaitable[Result]) -> Result | Pending:
     """Run ``call`` until it returns (its result) or suspends (a :class:`Pending`).
 
-    When it finishes without suspending, its exception propagates to the caller. A
-    future (what a batched handler's per-event call returns) is pending as it is: no
-    task to wrap it in.
+    When it finishes without suspending, its exception propagates to the caller.
     """
-    if isinstance(call, asyncio.Future):
-        return Pending(call)
     coro = typing.cast(Coroutine[Any, Any, Result], call)
     if EAGER_TASKS:
         task: asyncio.Task[Result] = asyncio.Task(  # type: ignore[call-arg,unused-ignore]

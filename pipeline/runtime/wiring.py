@@ -129,6 +129,7 @@ class StageRuntime:
         self._settings = settings
         self._producer: AIOKafkaProducer | None = None
         self._own_sink = sink is None
+        self._topics_checked = False
         self._batches: BatchingSink | None = None
         self._transactions: ProcessTransactions | PartitionTransactions | None = None
         self._deferred = _DeferredSink()
@@ -216,28 +217,41 @@ class StageRuntime:
 
         return router
 
-    async def start(self) -> None:
-        """Start the stage's producer (before the consumer delivers anything)."""
-        if not self._own_sink:
-            return
-        self._producer = self._new_producer()
-        await self._producer.start()
-        topics = [
+    def _output_topics(self) -> list[str]:
+        """Every topic the stage writes: its sink first, then its other outputs, dead
+        letters, holds journal, retry ladder and (holding keys) parked events."""
+        return [
             *(self.naming.topic(topic) for topic in self.spec.output_topics),
             self.naming.topic(self.spec.dead_letter_topic),
             self.engine.holds_topic,
             *self.engine.retry_topics,
             *([self.engine.parked_topic] if self.engine.parks else []),
         ]
-        # One clear refusal instead of aiokafka's "not found in cluster metadata" ten
-        # times a second until its request timeout.
-        missing = await missing_topics(self._kafka, [*topics, self.engine.source_topic])
+
+    async def check_topics(self) -> None:
+        """Refuse, naming them, topics the stage uses that the broker does not have: one
+        clear error instead of aiokafka's "not found in cluster metadata" ten times a
+        second until its request timeout. A stage never creates topics."""
+        if self._topics_checked:
+            return
+        topics = [*self._output_topics(), self.engine.source_topic]
+        missing = await missing_topics(self._kafka, topics)
         if missing:
             raise MissingTopics(
                 f"stage {self.spec.name}: topics missing on the broker: {', '.join(missing)}. "
                 "Create them from the code with `pipeline topics apply [MODULE:ATTR]` (or as "
                 "the KafkaTopics `pipeline topics render` writes)"
             )
+        self._topics_checked = True
+
+    async def start(self) -> None:
+        """Start the stage's producer (before the consumer delivers anything)."""
+        if not self._own_sink:
+            return
+        await self.check_topics()
+        self._producer = self._new_producer()
+        await self._producer.start()
+        topics = self._output_topics()
         counts = {topic: len(await self._producer.partitions_for(topic)) for topic in topics}
         source_partitions = counts[topics[0]]
         if self.exactly_once:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from aiokafka.admin import NewTopic
 
 from pipeline.kafka.admin import admin_client, apply_topics
@@ -32,10 +33,13 @@ async def test_a_topic_with_other_partitions_is_reported_as_drift(settings: Sett
     assert "partitions: wanted 12, found 3" in report.drift[wrong], report.drift
 
 
+@pytest.mark.parametrize("http", ["false", "true"])  # true: as deployed, under uvicorn
 async def test_a_stage_without_its_topics_refuses_to_start_and_says_how_to_create_them(
-    settings: Settings,
+    settings: Settings, http: str
 ) -> None:
-    process = start_stage_process(settings, "validate")
+    process = start_stage_process(
+        settings, "validate", PIPELINE_HTTP_ENABLED=http, PIPELINE_HTTP_PORT="0"
+    )
     try:
         output, _ = await asyncio.to_thread(process.communicate, timeout=60)
     finally:

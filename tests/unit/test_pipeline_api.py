@@ -55,6 +55,20 @@ def test_per_stage_settings_are_the_stages_defaults() -> None:
     assert settings.guarantee_of("tuned") == "exactly_once"
 
 
+def test_a_stage_whose_ladder_has_no_retry_topics_is_refused_before_it_runs() -> None:
+    from pipeline.app import create_app
+    from pipeline.settings import Settings
+
+    pipeline = Pipeline("p")
+
+    @pipeline.stage(source="a", sink="b", retry_delays_s=[1, 5, 30, 120])
+    async def patient(reading: Reading) -> Reading:
+        return reading
+
+    with pytest.raises(ConfigurationError, match="4 retry delays but PIPELINE_TOPICS_RETRY"):
+        create_app(Settings(), catalog=pipeline.stages, http=False)
+
+
 @pytest.mark.parametrize(
     ("source", "why"),
     [
