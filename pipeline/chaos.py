@@ -31,7 +31,7 @@ from pipeline.accounting import FlowReport, verify_pipeline
 from pipeline.kafka.admin import apply_topics, delete_topics, group_members
 from pipeline.kafka.lag import wait_until_drained
 from pipeline.kafka.local import LocalKafka
-from pipeline.kafka.produce import produce_records
+from pipeline.kafka.produce import produce_by_topic, produce_records
 from pipeline.kafka.topology import ORDERS_EVENTS, Naming, pipeline_topics
 from pipeline.loading import LoadedPipeline, load_pipeline
 from pipeline.settings import Settings
@@ -288,12 +288,7 @@ async def _produce(
     if app_path is None:
         await produce_records(run.kafka, naming.topic(ORDERS_EVENTS), generate(orders))
         return
-    await asyncio.gather(
-        *(
-            produce_records(run.kafka, naming.topic(topic), records)
-            for topic, records in (inputs or {}).items()
-        )
-    )
+    await produce_by_topic(run.kafka, naming, inputs or {})
 
 
 async def _verify(

@@ -30,7 +30,7 @@ from pipeline.chaos import PIPELINE_BIN
 from pipeline.errors import PipelineError
 from pipeline.kafka.admin import apply_topics, delete_topics
 from pipeline.kafka.lag import wait_until_drained
-from pipeline.kafka.produce import produce_records
+from pipeline.kafka.produce import produce_by_topic
 from pipeline.kafka.topology import Naming, pipeline_topics
 from pipeline.loading import load_pipeline
 from pipeline.settings import Settings
@@ -93,14 +93,7 @@ async def run_pipeline_bench(
     naming = Naming.of(topology)
     topics = pipeline_topics(topology, loaded.flow, list(loaded.stages))
     await apply_topics(settings.kafka, topics)
-    produced = sum(
-        await asyncio.gather(
-            *(
-                produce_records(settings.kafka, naming.topic(topic), records)
-                for topic, records in inputs.items()
-            )
-        )
-    )
+    produced = sum((await produce_by_topic(settings.kafka, naming, inputs)).values())
     env = {
         **os.environ,
         "PIPELINE_KAFKA_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,

@@ -29,7 +29,7 @@ from pipeline.cli.schedule import schedule
 from pipeline.cli.topics import topics_app
 from pipeline.cli.verify import print_report, verify
 from pipeline.errors import PipelineError
-from pipeline.kafka.produce import produce_records
+from pipeline.kafka.produce import produce_by_topic, produce_records
 from pipeline.kafka.topology import ORDERS_EVENTS, Naming
 from pipeline.loading import is_pipeline_path, load_pipeline
 from pipeline.settings import load_settings
@@ -160,8 +160,8 @@ def produce(
     if app_path is not None or input_file is not None:
         inputs = pipeline_inputs(app_path, input_file)
         naming = Naming.of(settings.topics)
-        for topic, records in (inputs or {}).items():
-            sent = asyncio.run(produce_records(settings.kafka, naming.topic(topic), records))
+        produced = asyncio.run(produce_by_topic(settings.kafka, naming, inputs or {}))
+        for topic, sent in produced.items():
             console.print(f"produced {sent} records to {topic}")
         return
     with Progress(console=console) as progress:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from pipeline.kafka.connection import client_options
+from pipeline.kafka.topology import Naming
 from pipeline.settings import KafkaSettings
 from pipeline.workload import WorkloadRecord
 
@@ -48,3 +49,15 @@ async def produce_records(
     finally:
         await producer.stop()
     return sent
+
+
+async def produce_by_topic(
+    settings: KafkaSettings, naming: Naming, records: Mapping[str, Iterable[WorkloadRecord]]
+) -> dict[str, int]:
+    """Each (logical) topic's records to its topic in ``naming``, the topics side by side;
+    how many each acknowledged."""
+    topics = list(records)
+    sent = await asyncio.gather(
+        *(produce_records(settings, naming.topic(topic), records[topic]) for topic in topics)
+    )
+    return dict(zip(topics, sent, strict=True))

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
+
+from aiokafka.structs import ConsumerRecord
 
 from pipeline.app import PipelineApp, create_app
 from pipeline.kafka.lag import wait_until_drained
@@ -102,3 +107,21 @@ async def pipeline_command(
     )
     out, err = await asyncio.wait_for(process.communicate(), 120)
     return process.returncode, (out if process.returncode == 0 else err).decode()
+
+
+def stop_stage_process(process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    """SIGTERM (a graceful drain), then SIGKILL if it has not exited within ``timeout_s``."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def assert_in_seq_order_per_device(records: Iterable[ConsumerRecord]) -> None:
+    """Each device's readings (JSON with ``device_id`` and ``seq``) are in ``seq`` order."""
+    per_device: dict[str, list[int]] = defaultdict(list)
+    for record in records:
+        event = json.loads(record.value or b"")
+        per_device[event["device_id"]].append(event["seq"])
+    assert all(seqs == sorted(seqs) for seqs in per_device.values()), per_device

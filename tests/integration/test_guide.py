@@ -16,14 +16,18 @@ import json
 import re
 import signal
 import subprocess
-from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
 from pipeline.settings import Settings
 from pipeline.verify import read_topic
-from tests.integration.helpers import PIPELINE_BIN, pipeline_command, stage_env
+from tests.integration.helpers import (
+    PIPELINE_BIN,
+    assert_in_seq_order_per_device,
+    pipeline_command,
+    stage_env,
+)
 
 GUIDE = Path(__file__).parents[2] / "docs" / "guide.md"
 DEVICES = [f"dev-{n}" for n in range(12)] + ["broken-1", "broken-2"]
@@ -147,11 +151,7 @@ async def test_the_guides_pipeline_runs_from_its_own_package(
     assert all(r.key.decode() == json.loads(r.value)["site"] for r in alerts)
     # per-key order: each device's stored readings and alerts in seq order
     for records in (stored, alerts):
-        per_device: dict[str, list[int]] = defaultdict(list)
-        for record in records:
-            event = json.loads(record.value)
-            per_device[event["device_id"]].append(event["seq"])
-        assert all(seqs == sorted(seqs) for seqs in per_device.values()), per_device
+        assert_in_seq_order_per_device(records)
 
     # the operating commands, on the same pipeline
     code, out = await pipeline_command(tmp_path, env, "verify", "sensors:pipeline", "--json")

@@ -28,7 +28,7 @@ from pipeline.kafka.connection import client_options, stop_consumer
 from pipeline.kafka.topology import Naming
 from pipeline.settings import Guarantee, Settings
 from pipeline.verify import read_topic
-from tests.integration.helpers import PIPELINE_BIN, pipeline_command, stage_env
+from tests.integration.helpers import PIPELINE_BIN, pipeline_command, stage_env, stop_stage_process
 
 LEDGER = """
 import os
@@ -191,11 +191,7 @@ async def test_a_held_key_parks_survives_a_kill_and_is_released_in_order(
         await until(lambda: _at_least(count, posted, neighbours_posted + 5))
         await until(lambda: _no_holds(settings, naming))
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_stage_process(process)
     assert process.returncode == 0
 
     sequences: dict[str, list[int]] = defaultdict(list)
@@ -246,11 +242,7 @@ async def test_discarding_the_dead_letter_releases_the_parked_events_without_it(
         await produce(settings, entries, [entry(HELD, 3)])  # the key flows again
         await until(lambda: _at_least(count, posted, 3))
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_stage_process(process)
     records = await read_topic(settings.kafka, posted)
     assert [json.loads(r.value)["seq"] for r in records] == [1, 2, 3]
     handled = await list_dead_letters(

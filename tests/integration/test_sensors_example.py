@@ -15,7 +15,7 @@ import json
 import signal
 import socket
 import subprocess
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +31,12 @@ from pipeline.kafka.produce import produce_records
 from pipeline.settings import Settings
 from pipeline.verify import read_topic
 from pipeline.workload import WorkloadRecord
-from tests.integration.helpers import PIPELINE_BIN, pipeline_command, stage_env
+from tests.integration.helpers import (
+    PIPELINE_BIN,
+    assert_in_seq_order_per_device,
+    pipeline_command,
+    stage_env,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINE_PATH = "examples.sensors.flow:pipeline"
@@ -299,8 +304,4 @@ async def test_the_sensor_example_survives_a_kill_midway(
 
     # per device, the stored readings and the alerts keep seq order
     for records in (stored, alerts):
-        per_device: dict[str, list[int]] = defaultdict(list)
-        for record in records:
-            event = json.loads(record.value)
-            per_device[event["device_id"]].append(event["seq"])
-        assert all(seqs == sorted(seqs) for seqs in per_device.values()), per_device
+        assert_in_seq_order_per_device(records)
