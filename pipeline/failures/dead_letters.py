@@ -21,6 +21,7 @@ from pipeline.failures import provenance
 from pipeline.failures.holds import parked_keys
 from pipeline.failures.parked import parked_per_hold
 from pipeline.kafka.connection import client_options
+from pipeline.kafka.internals import pace_metadata_updates
 from pipeline.kafka.topology import STAGE_NAMES, Naming
 from pipeline.settings import KafkaSettings
 from pipeline.verify import read_topic
@@ -175,6 +176,7 @@ async def replay(
     if not todo:
         return []
     producer = AIOKafkaProducer(**client_options(settings), enable_idempotence=True)
+    pace_metadata_updates(producer)
     await producer.start()
     try:
         replayed_at = datetime.now(UTC).isoformat().encode()
@@ -211,6 +213,7 @@ async def discard(
     if not todo:
         return []
     producer = AIOKafkaProducer(**client_options(settings), enable_idempotence=True)
+    pace_metadata_updates(producer)
     await producer.start()
     try:
         for letter in todo:

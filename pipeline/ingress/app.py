@@ -67,6 +67,7 @@ from pipeline.ingress.projection import OrderView, ProjectionStore
 from pipeline.ingress.projector import OWNER_PROJECTION, ResumeFromStore, project, project_owners
 from pipeline.ingress.settings import IngressSettings
 from pipeline.kafka.connection import broker_security
+from pipeline.kafka.internals import faststream_producer, pace_metadata_updates
 from pipeline.kafka.topology import ORDERS_EVENTS, ORDERS_FULFILLED, STAGE_NAMES, Naming
 from pipeline.settings import Settings
 from schemas import OrderEvent, OrderPlaced
@@ -138,6 +139,12 @@ def create_ingress(settings: Settings, api: IngressSettings | None = None) -> Fa
         log_level=logging.DEBUG,
         logger=logging.getLogger("pipeline.ingress.faststream"),
     )
+
+    @router.after_startup
+    def pace_publishes(_: FastAPI) -> None:
+        # an outage must not spin the API: see pace_metadata_updates
+        pace_metadata_updates(faststream_producer(router.broker))
+
     placed = naming.topic(ORDERS_EVENTS)
     events = router.publisher(
         placed,

@@ -9,6 +9,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from pipeline.kafka.connection import client_options
+from pipeline.kafka.internals import pace_metadata_updates
 from pipeline.kafka.topology import Naming
 from pipeline.settings import KafkaSettings
 from pipeline.workload import WorkloadRecord
@@ -29,6 +30,7 @@ async def produce_records(
         linger_ms=10,
         max_batch_size=256 * 1024,
     )
+    pace_metadata_updates(producer)
     await producer.start()
     sent = 0
     try:

@@ -4,6 +4,8 @@ reordered. The long run is `make chaos`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pipeline.chaos import run_chaos
@@ -12,7 +14,7 @@ from pipeline.settings import Guarantee, Settings
 
 @pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 async def test_kills_and_rebalances_lose_duplicate_and_reorder_nothing(
-    settings: Settings, guarantee: Guarantee
+    settings: Settings, guarantee: Guarantee, tmp_path: Path
 ) -> None:
     services = settings.services.model_copy(
         update={"transient_failure_rate": 0.05, "latency_ms": 1.0}
@@ -28,6 +30,7 @@ async def test_kills_and_rebalances_lose_duplicate_and_reorder_nothing(
         restart_broker=True,
         seed=7,
         drain_timeout_s=300,
+        log_dir=tmp_path,
     )
     summary = result.as_dict()
     assert result.report.lost == 0, summary
@@ -42,3 +45,15 @@ async def test_kills_and_rebalances_lose_duplicate_and_reorder_nothing(
     assert result.guarantee == guarantee
     # Exactly-once by transactions; at-least-once by deduplication: no duplicate either way.
     assert result.report.duplicated == 0, summary
+    # While the broker was away, no stage's producer asked for metadata in a loop
+    # (unpaced, a stage holding outputs logged tens of thousands of these).
+    failures = _metadata_failures_per_log(tmp_path)
+    assert failures, "the stages' logs were not kept"
+    assert max(failures.values()) < 1_000, failures
+
+
+def _metadata_failures_per_log(logs: Path) -> dict[str, int]:
+    return {
+        log.name: log.read_text(errors="replace").count("Unable to update metadata")
+        for log in logs.iterdir()
+    }

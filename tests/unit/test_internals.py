@@ -5,6 +5,7 @@ No broker: these fail on an upgrade that moves an internal, before a stage does.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from typing import Any
 
@@ -12,14 +13,18 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.producer.transaction_manager import TransactionManager, TransactionState
 from aiokafka.structs import TopicPartition
-from faststream.kafka import KafkaRouter
+from faststream.exceptions import IncorrectState
+from faststream.kafka import KafkaBroker, KafkaRouter
+from faststream.kafka.publisher.state import RealProducer
 
 from pipeline.kafka.internals import (
     TRANSACTION_STATE_ERRORS,
     InternalsChanged,
+    faststream_producer,
     fetch_position,
     group_metadata,
     open_connection,
+    pace_metadata_updates,
     route_txn_offset_commits,
     skip_decoding,
 )
@@ -143,3 +148,61 @@ async def test_offset_commits_are_routed_through_the_given_request() -> None:
 
     with pytest.raises(InternalsChanged, match="pin aiokafka"):
         route_txn_offset_commits(Moved(), lambda *args: args, lambda code: None)  # type: ignore[arg-type]
+
+
+async def test_a_failed_metadata_update_is_retried_no_sooner_than_the_backoff() -> None:
+    """Without a broker every update fails at once: aiokafka's sender would ask again in
+    a loop. Paced, one update reaches the client per backoff; the rest answer False."""
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    asked = 0
+
+    def fails_at_once() -> asyncio.Future[bool]:
+        nonlocal asked
+        asked += 1
+        update: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        update.set_result(False)
+        return update
+
+    producer.client.force_metadata_update = fails_at_once
+    pace_metadata_updates(producer, backoff_s=0.05)
+    loop = asyncio.get_running_loop()
+    until = loop.time() + 0.5
+    answers = []
+    while loop.time() < until:  # what the sender does while leaders are unknown
+        answers.append(await producer.client.force_metadata_update())
+    assert not any(answers)
+    assert 5 <= asked <= 12  # 0.5 s / 0.05 s, give or take the loop's timer slack
+    assert len(answers) <= 2 * asked + 1  # each one asked, then one paced answer
+
+
+async def test_a_successful_metadata_update_is_never_delayed() -> None:
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    outcomes = iter([False, True, True])
+
+    def update() -> asyncio.Future[bool]:
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        done.set_result(next(outcomes))
+        return done
+
+    producer.client.force_metadata_update = update
+    pace_metadata_updates(producer, backoff_s=0.05)
+    loop = asyncio.get_running_loop()
+    assert await producer.client.force_metadata_update() is False
+    started = loop.time()
+    assert await producer.client.force_metadata_update() is False  # paced, not asked
+    assert loop.time() - started >= 0.04
+    assert await producer.client.force_metadata_update() is True
+    started = loop.time()
+    assert await producer.client.force_metadata_update() is True  # after a success: at once
+    assert loop.time() - started < 0.04
+
+
+async def test_the_faststream_brokers_producer_is_found_once_it_started() -> None:
+    broker = KafkaBroker("127.0.0.1:1")
+    with pytest.raises(IncorrectState):  # not started: FastStream's own error
+        faststream_producer(broker)
+    producer = AIOKafkaProducer(bootstrap_servers="127.0.0.1:1")
+    broker.config.producer._producer = RealProducer(producer)  # what starting it does
+    assert faststream_producer(broker) is producer
+    with pytest.raises(InternalsChanged, match="pin faststream"):
+        faststream_producer(object())
