@@ -41,6 +41,7 @@ from taskiq_faststream import BrokerWrapper, StreamScheduler
 from pipeline.jobs import JobMetrics, reconcile, redrive_dead_letters
 from pipeline.kafka.admin import apply_topics
 from pipeline.kafka.connection import broker_security
+from pipeline.kafka.internals import faststream_producer, pace_metadata_updates
 from pipeline.kafka.topology import JOBS_TOPIC, Naming, TopicSpec, pipeline_topics
 from pipeline.settings import ScheduleSettings, Settings
 
@@ -159,6 +160,7 @@ async def running_schedule(settings: Settings, schedule: Schedule) -> AsyncItera
     for source in scheduler.sources:
         await source.startup()
     await scheduler.startup()  # starts the broker: the runner subscribes, ticks can go
+    pace_metadata_updates(faststream_producer(schedule.broker))  # an outage must not spin
     loop = asyncio.create_task(SchedulerLoop(scheduler).run(loop_interval=timedelta(seconds=1)))
     try:
         yield schedule

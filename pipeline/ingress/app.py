@@ -141,7 +141,7 @@ def create_ingress(settings: Settings, api: IngressSettings | None = None) -> Fa
     )
 
     @router.after_startup
-    def pace_publishes(_: FastAPI) -> None:
+    async def pace_publishes(_: FastAPI) -> None:
         # an outage must not spin the API: see pace_metadata_updates
         pace_metadata_updates(faststream_producer(router.broker))
 

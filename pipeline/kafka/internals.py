@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Callable
+from functools import partial
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -181,23 +182,24 @@ def route_txn_offset_commits(
 
 
 METADATA_RETRY_BACKOFF_S = 0.1
-"""Between a failed metadata update and the next (aiokafka's ``retry_backoff_ms``)."""
+"""Between a failed metadata update and the next (aiokafka's default ``retry_backoff_ms``)."""
 
 
 def pace_metadata_updates(
     producer: AIOKafkaProducer, backoff_s: float = METADATA_RETRY_BACKOFF_S
 ) -> None:
     """After a failed metadata update, ``producer`` asks for the next one no sooner than
-    ``backoff_s`` later.
+    ``backoff_s`` later. Producers only: some consumer and admin paths assume an update
+    they asked for has happened.
 
     aiokafka's sender, holding records for a partition whose leader it does not know,
     asks for a metadata update and waits for nothing else. While no broker accepts
     connections (an outage, a restart), the update fails at once and the sender asks
     again: measured on the local broker, an idempotent producer with records to send
     used a whole core and logged about 8,000 "Unable to update metadata" errors a
-    second until the broker was back. Here an update asked for within ``backoff_s`` of
-    a failed one is answered ``False`` (not updated) once that time has passed, so the
-    sender retries ten times a second; a successful update is never delayed.
+    second until the broker was back. Here every update asked for within ``backoff_s``
+    of a failed one is made once, when that time has passed, and all of them get its
+    answer; after a successful update nothing is paced.
     """
     try:
         client = producer.client
@@ -207,20 +209,22 @@ def pace_metadata_updates(
             f"aiokafka's producer no longer asks for metadata as this pipeline paces it "
             f"({exc}); pin aiokafka to the range in pyproject.toml"
         ) from exc
-    failed_at = -backoff_s
+    if getattr(force, "paced", False):
+        return  # paced already
+    failed_at = float("-inf")
+    deferred: asyncio.Future[bool] | None = None
 
     def noted(update: asyncio.Future[bool]) -> None:
         nonlocal failed_at
-        if not update.cancelled() and update.exception() is None and not update.result():
-            failed_at = asyncio.get_running_loop().time()
+        if update.cancelled() or update.exception() is not None:
+            return
+        failed_at = float("-inf") if update.result() else asyncio.get_running_loop().time()
 
-    def paced() -> asyncio.Future[bool]:
-        loop = asyncio.get_running_loop()
-        wait = failed_at + backoff_s - loop.time()
-        if wait > 0:
-            later: asyncio.Future[bool] = loop.create_future()
-            loop.call_later(wait, _answer_not_updated, later)
-            return later
+    def ask(answer: asyncio.Future[bool]) -> None:
+        update = asked()
+        update.add_done_callback(partial(_pass_on, answer))
+
+    def asked() -> asyncio.Future[bool]:
         update: asyncio.Future[bool] = force()
         if update.done():
             noted(update)  # an awaiter would not yield to a done-callback first
@@ -228,7 +232,28 @@ def pace_metadata_updates(
             update.add_done_callback(noted)
         return update
 
+    def paced() -> asyncio.Future[bool]:
+        nonlocal deferred
+        loop = asyncio.get_running_loop()
+        wait = failed_at + backoff_s - loop.time()
+        if wait <= 0:
+            return asked()
+        if deferred is None or deferred.done():
+            deferred = loop.create_future()
+            loop.call_later(wait, ask, deferred)
+        return asyncio.shield(deferred)  # one waiter's cancellation is not the others'
+
+    paced.paced = True  # type: ignore[attr-defined]
     client.force_metadata_update = paced
+
+
+def _pass_on(answer: asyncio.Future[bool], update: asyncio.Future[bool]) -> None:
+    if answer.done():
+        return
+    if update.cancelled() or update.exception() is not None:
+        answer.set_result(False)
+    else:
+        answer.set_result(update.result())
 
 
 def faststream_producer(broker: Any) -> AIOKafkaProducer:
@@ -247,8 +272,3 @@ def faststream_producer(broker: Any) -> AIOKafkaProducer:
             "aiokafka's producer; pin faststream to the range in pyproject.toml"
         )
     return producer
-
-
-def _answer_not_updated(update: asyncio.Future[bool]) -> None:
-    if not update.done():  # its waiter may have been cancelled
-        update.set_result(False)
