@@ -29,7 +29,11 @@ from aiokafka.errors import KafkaError
 
 from pipeline.accounting import FlowReport, verify_pipeline
 from pipeline.kafka.admin import apply_topics, delete_topics, group_members
-from pipeline.kafka.lag import wait_until_drained
+from pipeline.kafka.lag import (
+    TRANSACTION_ABORT_CHECK_S,
+    wait_for_open_transactions,
+    wait_until_drained,
+)
 from pipeline.kafka.local import LocalKafka
 from pipeline.kafka.produce import produce_by_topic, produce_records
 from pipeline.kafka.topology import ORDERS_EVENTS, Naming, pipeline_topics
@@ -51,6 +55,9 @@ class ChaosLog:
     rebalances: int = 0
     graceful_exits: list[int] = field(default_factory=list)
     graceful_seconds: list[float] = field(default_factory=list)
+    # Seconds the drain waited for transactions left open by killed processes to be
+    # aborted by the broker (records written after them were invisible meanwhile).
+    open_transactions_waited_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -162,10 +169,16 @@ async def drain_reviving(
     log: ChaosLog,
     deadline: float,
     sources: dict[str, str],
+    topics: list[str],
 ) -> None:
-    """Wait until every stage's group has committed everything, starting again any
-    stage whose processes all died meanwhile; :class:`TimeoutError` after ``deadline``
-    (``time.monotonic()``)."""
+    """Wait until every stage's group has committed everything and no transaction is
+    open on ``topics``, starting again any stage whose processes all died meanwhile;
+    :class:`TimeoutError` after ``deadline`` (``time.monotonic()``).
+
+    A process killed mid-transaction hides what was written after it from every
+    read_committed reader until the broker aborts it: the groups look drained, yet
+    records behind it are still to come. So after a wait for that, drain again.
+    """
     while True:
         stages.revive(log)
         try:
@@ -176,10 +189,17 @@ async def drain_reviving(
                 retry_levels=run.topics.retry_levels,
                 timeout_s=30,
             )
-            return
         except TimeoutError:
             if time.monotonic() > deadline:
                 raise
+            continue
+        aborted_within_s = run.stage.transaction_timeout_ms / 1000 + TRANSACTION_ABORT_CHECK_S
+        waited = await wait_for_open_transactions(run.kafka, topics, aborted_within_s + 10)
+        if waited is None:
+            raise TimeoutError("transactions stayed open past the broker's abort timeout")
+        if not waited:
+            return
+        log.open_transactions_waited_s += waited
 
 
 def _env(settings: Settings, prefix: str) -> dict[str, str]:
@@ -265,11 +285,20 @@ async def run_chaos(
                     stages.stop(process, log, grace_s)
                 log.rebalances += 1
         await producing
-        await drain_reviving(stages, run, naming, log, started + drain_timeout_s, loaded.sources)
+        await drain_reviving(
+            stages,
+            run,
+            naming,
+            log,
+            started + drain_timeout_s,
+            loaded.sources,
+            [topic.name for topic in topics],
+        )
     finally:
         if not producing.done():
             producing.cancel()
         stages.stop_all(log, grace_s)
+    log.open_transactions_waited_s = round(log.open_transactions_waited_s, 1)
     report = await _verify(run, naming, loaded, app_path)
     seconds = round(time.monotonic() - started, 1)
     await delete_topics(run.kafka, [topic.name for topic in topics])

@@ -236,7 +236,15 @@ async def run_failover(
             await asyncio.to_thread(cluster.start, killed)
         await producing
         sources = {stage: STAGE_TOPICS[stage][0] for stage in STAGE_NAMES}
-        await drain_reviving(stages, run, naming, log, started + drain_timeout_s, sources)
+        await drain_reviving(
+            stages,
+            run,
+            naming,
+            log,
+            started + drain_timeout_s,
+            sources,
+            [topic.name for topic in topics],
+        )
         stages.revive(log)
         if watching.done():
             watching.result()  # the watch failed: its pause would be wrong

@@ -96,13 +96,12 @@ def topic_reader(settings: KafkaSettings, **options: Any) -> AIOKafkaConsumer:
     backoff — a stage reading its holds journal and its two dedupe tails on assignment
     spent 0.3 s doing so.
     """
-    return AIOKafkaConsumer(
-        **client_options(settings),
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        retry_backoff_ms=20,
-        **options,
-    )
+    defaults: dict[str, Any] = {
+        "enable_auto_commit": False,
+        "isolation_level": "read_committed",
+        "retry_backoff_ms": 20,
+    }
+    return AIOKafkaConsumer(**client_options(settings), **{**defaults, **options})
 
 
 async def assign_from_beginning(

@@ -27,6 +27,50 @@ async def end_offsets(settings: KafkaSettings, topics: Sequence[str]) -> dict[To
         await stop_consumer(consumer)
 
 
+TRANSACTION_ABORT_CHECK_S = 10.0
+"""How often a broker looks for transactions open past their timeout
+(``transaction.abort.timed.out.transaction.cleanup.interval.ms``, 10 s by default)."""
+
+
+async def wait_for_open_transactions(
+    settings: KafkaSettings, topics: Sequence[str], timeout_s: float
+) -> float | None:
+    """Wait until no transaction is open on ``topics``: every partition's last stable
+    offset (the end a read_committed reader sees) has reached its end. Returns how long
+    it waited — 0.0 when none was open — or ``None`` when some still were after
+    ``timeout_s``.
+
+    Records after the first offset of an open transaction are invisible to
+    read_committed readers (stages and verifiers alike), whoever wrote them. A process
+    killed with a transaction open, and no stable instance id for its successor to
+    fence it with, leaves it open until the broker aborts it: ``transaction_timeout_ms``
+    after it began, found within :data:`TRANSACTION_ABORT_CHECK_S`.
+    """
+    tps = await topic_partitions(settings, list(topics))
+    if not tps:
+        return 0.0
+    stable = topic_reader(settings)
+    written = topic_reader(settings, isolation_level="read_uncommitted")
+    await stable.start()
+    await written.start()
+    first_open: float | None = None
+    try:
+        while True:
+            # stable ends first: equal to the ends read after them, nothing was open then
+            stable_ends = await stable.end_offsets(tps)
+            if stable_ends == await written.end_offsets(tps):
+                return 0.0 if first_open is None else time.monotonic() - first_open
+            now = time.monotonic()
+            if first_open is None:
+                first_open = now
+            elif now - first_open > timeout_s:
+                return None
+            await asyncio.sleep(0.5)  # the broker aborts on its own schedule
+    finally:
+        await stop_consumer(stable)
+        await stop_consumer(written)
+
+
 Stages = Mapping[str, str] | Sequence[str]
 """Stage name -> the (logical) topic it reads, for any pipeline (``LoadedPipeline.sources``);
 or the names of checkout stages, whose topics the topology knows."""

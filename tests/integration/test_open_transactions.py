@@ -1,0 +1,43 @@
+"""An open transaction hides what is written after it from read_committed readers until
+it ends; the chaos harness's drain and verifier wait for that instead of counting those
+records as lost (a process killed mid-transaction leaves one open until the broker
+aborts it)."""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaProducer
+
+from pipeline.kafka.admin import apply_topics
+from pipeline.kafka.connection import client_options
+from pipeline.kafka.lag import wait_for_open_transactions
+from pipeline.kafka.topology import TopicSpec
+from pipeline.settings import Settings
+from pipeline.verify import read_topic
+
+
+async def test_records_behind_an_open_transaction_are_waited_for_not_lost(
+    settings: Settings,
+) -> None:
+    topic = f"{settings.topics.prefix}outputs"
+    await apply_topics(settings.kafka, [TopicSpec(topic, 1, 1)])
+    assert await wait_for_open_transactions(settings.kafka, [topic], timeout_s=5) == 0.0
+
+    zombie = AIOKafkaProducer(**client_options(settings.kafka), transactional_id=topic)
+    successor = AIOKafkaProducer(**client_options(settings.kafka), enable_idempotence=True)
+    await zombie.start()
+    await successor.start()
+    try:
+        await zombie.begin_transaction()
+        await zombie.send_and_wait(topic, b"open", key=b"k")
+        await successor.send_and_wait(topic, b"after", key=b"k")
+
+        assert await read_topic(settings.kafka, topic) == []  # both hidden behind it
+        assert await wait_for_open_transactions(settings.kafka, [topic], timeout_s=1) is None
+
+        await zombie.abort_transaction()  # what the broker does to a killed one, later
+        assert await wait_for_open_transactions(settings.kafka, [topic], timeout_s=1) == 0.0
+    finally:
+        await zombie.stop()
+        await successor.stop()
+
+    assert [record.value for record in await read_topic(settings.kafka, topic)] == [b"after"]
