@@ -313,6 +313,7 @@ def create_ingress(settings: Settings, api: IngressSettings | None = None) -> Fa
         lifespan=database_lifespan(engine, remembered_keys, migrate=api.database_migrate),
     )
     app.state.database = engine
+    app.state.broker = router.broker  # publishes the accepted orders
     app.state.projection = SqlProjectionStore(engine)
     app.state.idempotency = remembered_keys
     app.state.projection_assignment = resume

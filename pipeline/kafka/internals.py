@@ -56,6 +56,7 @@ __all__ = [
     "group_metadata",
     "open_connection",
     "pace_metadata_updates",
+    "paced",
     "route_txn_offset_commits",
     "skip_decoding",
 ]
@@ -209,8 +210,8 @@ def pace_metadata_updates(
             f"aiokafka's producer no longer asks for metadata as this pipeline paces it "
             f"({exc}); pin aiokafka to the range in pyproject.toml"
         ) from exc
-    if getattr(force, "paced", False):
-        return  # paced already
+    if paced(producer):
+        return
     failed_at = float("-inf")
     deferred: asyncio.Future[bool] | None = None
 
@@ -232,7 +233,7 @@ def pace_metadata_updates(
             update.add_done_callback(noted)
         return update
 
-    def paced() -> asyncio.Future[bool]:
+    def paced_update() -> asyncio.Future[bool]:
         nonlocal deferred
         loop = asyncio.get_running_loop()
         wait = failed_at + backoff_s - loop.time()
@@ -243,8 +244,13 @@ def pace_metadata_updates(
             loop.call_later(wait, ask, deferred)
         return asyncio.shield(deferred)  # one waiter's cancellation is not the others'
 
-    paced.paced = True  # type: ignore[attr-defined]
-    client.force_metadata_update = paced
+    paced_update.paced = True  # type: ignore[attr-defined]
+    client.force_metadata_update = paced_update
+
+
+def paced(producer: AIOKafkaProducer) -> bool:
+    """Whether :func:`pace_metadata_updates` paces ``producer``."""
+    return bool(getattr(producer.client.force_metadata_update, "paced", False))
 
 
 def _pass_on(answer: asyncio.Future[bool], update: asyncio.Future[bool]) -> None:

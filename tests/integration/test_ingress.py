@@ -20,6 +20,7 @@ from pipeline.ingress import (
     create_ingress,
     projection_store,
 )
+from pipeline.kafka.internals import faststream_producer, paced
 from pipeline.kafka.topology import ORDERS_EVENTS, ORDERS_FULFILLED, Naming
 from pipeline.settings import Settings
 from pipeline.verify import read_topic
@@ -118,6 +119,8 @@ async def test_a_posted_order_is_fulfilled_and_its_status_shows_it(
     swapped = InMemoryProjectionStore()  # the store is a dependency: tests bring their own
     app.dependency_overrides[projection_store] = lambda: swapped
     async with running(settings), serving(app) as client:
+        # its producer waits out a broker outage instead of spinning (test_broker_outage)
+        assert paced(faststream_producer(app.state.broker))
         placed = await client.post("/orders", json=_placed(order_id))
         amended = await client.post("/orders", json=_amended(order_id, 2))
         assert placed.status_code == 202, placed.text

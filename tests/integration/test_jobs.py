@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.failures.dead_letters import DeadLetterFilter, list_dead_letters
 from pipeline.kafka.admin import apply_topics
+from pipeline.kafka.internals import faststream_producer, paced
 from pipeline.kafka.topology import Naming, pipeline_topics
 from pipeline.schedule import Job, create_schedule, running_schedule
 from pipeline.settings import ScheduleSettings, Settings
@@ -83,6 +84,7 @@ async def test_redrive_brings_a_fixed_faults_dead_letters_through_once(
     jobs = ScheduleSettings(redrive_interval_s=1, reconcile_interval_s=RARELY)
     schedule = create_schedule(settings, jobs, registry)
     async with running(settings), running_schedule(settings, schedule):  # the gateway is back
+        assert paced(faststream_producer(schedule.broker))  # ticks wait out an outage
         # Two runs at least: the second finds the first's dead letters handled.
         await until(lambda: _runs(registry, Job.REDRIVE_DEAD_LETTERS) >= 2)
         after = await drain_and_verify(settings)

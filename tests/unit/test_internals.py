@@ -25,6 +25,7 @@ from pipeline.kafka.internals import (
     group_metadata,
     open_connection,
     pace_metadata_updates,
+    paced,
     route_txn_offset_commits,
     skip_decoding,
 )
@@ -209,8 +210,10 @@ async def test_callers_within_the_backoff_share_one_update() -> None:
         return done
 
     producer.client.force_metadata_update = update
+    assert not paced(producer)
     pace_metadata_updates(producer, backoff_s=0.05)
     pace_metadata_updates(producer, backoff_s=0.05)  # a second call changes nothing
+    assert paced(producer)
     assert await producer.client.force_metadata_update() is False
     answers = await asyncio.gather(*(producer.client.force_metadata_update() for _ in range(3)))
     assert answers == [True, True, True]
