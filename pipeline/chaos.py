@@ -29,11 +29,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.accounting import FlowReport, verify_pipeline
 from pipeline.kafka.admin import apply_topics, delete_topics, group_members
-from pipeline.kafka.lag import (
-    TRANSACTION_ABORT_CHECK_S,
-    wait_for_open_transactions,
-    wait_until_drained,
-)
+from pipeline.kafka.lag import wait_until_settled
 from pipeline.kafka.local import LocalKafka
 from pipeline.kafka.produce import produce_by_topic, produce_records
 from pipeline.kafka.topology import ORDERS_EVENTS, Naming, pipeline_topics
@@ -182,24 +178,18 @@ async def drain_reviving(
     while True:
         stages.revive(log)
         try:
-            await wait_until_drained(
+            log.open_transactions_waited_s += await wait_until_settled(
                 run.kafka,
                 sources,
+                topics,
                 naming=naming,
                 retry_levels=run.topics.retry_levels,
-                timeout_s=30,
+                timeout_s=30,  # then revive what died meanwhile and wait on
             )
+            return
         except TimeoutError:
             if time.monotonic() > deadline:
                 raise
-            continue
-        aborted_within_s = run.stage.transaction_timeout_ms / 1000 + TRANSACTION_ABORT_CHECK_S
-        waited = await wait_for_open_transactions(run.kafka, topics, aborted_within_s + 10)
-        if waited is None:
-            raise TimeoutError("transactions stayed open past the broker's abort timeout")
-        if not waited:
-            return
-        log.open_transactions_waited_s += waited
 
 
 def _env(settings: Settings, prefix: str) -> dict[str, str]:

@@ -18,9 +18,9 @@ from rich.table import Table
 
 from pipeline.accounting import FlowReport, verify_pipeline
 from pipeline.errors import PipelineError
-from pipeline.kafka.lag import wait_until_drained
-from pipeline.kafka.topology import Naming
-from pipeline.loading import load_pipeline
+from pipeline.kafka.lag import wait_until_settled
+from pipeline.kafka.topology import Naming, pipeline_topics
+from pipeline.loading import LoadedPipeline, load_pipeline
 from pipeline.settings import Settings, load_settings
 from pipeline.verify import VerifyReport
 from pipeline.verify import verify as verify_checkout
@@ -41,7 +41,8 @@ def verify(
         float | None,
         typer.Option(
             metavar="SECONDS",
-            help="First wait (at most this long) until every stage has committed its input.",
+            help="First wait (at most this long) until every stage has committed its input "
+            "and no transaction is open.",
         ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json")] = False,
@@ -55,7 +56,7 @@ def verify(
     settings = load_settings()
     if drain is not None:
         try:
-            asyncio.run(_drained(settings, loaded.sources, drain))
+            asyncio.run(_drained(settings, loaded, drain))
         except TimeoutError as exc:
             err_console.print(f"[red]{escape(str(exc))}[/red]")
             raise typer.Exit(2) from exc
@@ -76,10 +77,13 @@ def verify(
     raise typer.Exit(0 if clean else 1)
 
 
-async def _drained(settings: Settings, sources: dict[str, str], timeout_s: float) -> None:
-    await wait_until_drained(
+async def _drained(settings: Settings, loaded: LoadedPipeline, timeout_s: float) -> None:
+    # and no transaction open: records behind one are invisible, not lost
+    topics = pipeline_topics(settings.topics, loaded.flow, list(loaded.stages))
+    await wait_until_settled(
         settings.kafka,
-        sources,
+        loaded.sources,
+        [topic.name for topic in topics],
         naming=Naming.of(settings.topics),
         retry_levels=settings.topics.retry_levels,
         timeout_s=timeout_s,

@@ -175,3 +175,40 @@ async def wait_until_drained(
             return lag
         await asyncio.sleep(poll_s)
     raise TimeoutError(f"pipeline did not drain within {timeout_s:.0f}s; lag {lag}")
+
+
+async def wait_until_settled(
+    settings: KafkaSettings,
+    stages: Stages,
+    topics: Sequence[str],
+    *,
+    naming: Naming | None = None,
+    retry_levels: int = 3,
+    timeout_s: float,
+) -> float:
+    """:func:`wait_until_drained`, and until no transaction is open on ``topics`` (the
+    pipeline's); drained again when one was, since records behind it were invisible to
+    the stages. Returns the seconds spent waiting for open transactions;
+    :class:`TimeoutError` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    waited_for_transactions = 0.0
+    while True:
+        await wait_until_drained(
+            settings,
+            stages,
+            naming=naming,
+            retry_levels=retry_levels,
+            timeout_s=max(1.0, deadline - time.monotonic()),
+        )
+        waited = await wait_for_open_transactions(
+            settings, topics, max(0.0, deadline - time.monotonic())
+        )
+        if waited is None:
+            raise TimeoutError(
+                f"transactions still open on the pipeline's topics after {timeout_s:.0f}s: "
+                "a process killed mid-transaction keeps its own open until the broker "
+                "aborts it (PIPELINE_STAGE_TRANSACTION_TIMEOUT_MS after it began)"
+            )
+        if not waited:
+            return waited_for_transactions
+        waited_for_transactions += waited

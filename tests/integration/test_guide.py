@@ -154,7 +154,9 @@ async def test_the_guides_pipeline_runs_from_its_own_package(
         assert_in_seq_order_per_device(records)
 
     # the operating commands, on the same pipeline
-    code, out = await pipeline_command(tmp_path, env, "verify", "sensors:pipeline", "--json")
+    code, out = await pipeline_command(
+        tmp_path, env, "verify", "sensors:pipeline", "--drain", "60", "--json"
+    )
     verified = json.loads(out)
     assert code == 0, out
     assert verified["clean"] is True
