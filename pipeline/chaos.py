@@ -29,7 +29,7 @@ from aiokafka.errors import KafkaError
 
 from pipeline.accounting import FlowReport, verify_pipeline
 from pipeline.kafka.admin import apply_topics, delete_topics, group_members
-from pipeline.kafka.lag import wait_until_settled
+from pipeline.kafka.lag import TRANSACTION_ABORT_CHECK_S, wait_until_settled
 from pipeline.kafka.local import LocalKafka
 from pipeline.kafka.produce import produce_by_topic, produce_records
 from pipeline.kafka.topology import ORDERS_EVENTS, Naming, pipeline_topics
@@ -175,6 +175,9 @@ async def drain_reviving(
     read_committed reader until the broker aborts it: the groups look drained, yet
     records behind it are still to come. So after a wait for that, drain again.
     """
+    # An attempt outlasts the broker's abort of a killed process's transaction, so the
+    # time waited for it is counted; between attempts, stages that died are revived.
+    attempt_s = run.stage.transaction_timeout_ms / 1000 + TRANSACTION_ABORT_CHECK_S + 20
     while True:
         stages.revive(log)
         try:
@@ -184,7 +187,7 @@ async def drain_reviving(
                 topics,
                 naming=naming,
                 retry_levels=run.topics.retry_levels,
-                timeout_s=30,  # then revive what died meanwhile and wait on
+                timeout_s=attempt_s,
             )
             return
         except TimeoutError:

@@ -34,41 +34,63 @@ TRANSACTION_ABORT_CHECK_S = 10.0
 
 async def wait_for_open_transactions(
     settings: KafkaSettings, topics: Sequence[str], timeout_s: float
-) -> float | None:
+) -> float:
     """Wait until no transaction is open on ``topics``: every partition's last stable
     offset (the end a read_committed reader sees) has reached its end. Returns how long
-    it waited — 0.0 when none was open — or ``None`` when some still were after
-    ``timeout_s``.
+    it waited (0.0 when none was open); :class:`TimeoutError` after ``timeout_s``, naming
+    the partitions still held and whether they were still being written to.
 
     Records after the first offset of an open transaction are invisible to
     read_committed readers (stages and verifiers alike), whoever wrote them. A process
-    killed with a transaction open, and no stable instance id for its successor to
-    fence it with, leaves it open until the broker aborts it: ``transaction_timeout_ms``
-    after it began, found within :data:`TRANSACTION_ABORT_CHECK_S`.
+    killed with a transaction open, and no successor with its transactional id to fence
+    it, leaves it open until the broker aborts it: ``transaction_timeout_ms`` after it
+    began, found within :data:`TRANSACTION_ABORT_CHECK_S`.
     """
+    started = time.monotonic()
     tps = await topic_partitions(settings, list(topics))
     if not tps:
         return 0.0
     stable = topic_reader(settings)
     written = topic_reader(settings, isolation_level="read_uncommitted")
-    await stable.start()
-    await written.start()
-    first_open: float | None = None
     try:
+        await stable.start()
+        await written.start()
+        first_ends: dict[TopicPartition, int] | None = None
         while True:
             # stable ends first: equal to the ends read after them, nothing was open then
             stable_ends = await stable.end_offsets(tps)
-            if stable_ends == await written.end_offsets(tps):
-                return 0.0 if first_open is None else time.monotonic() - first_open
-            now = time.monotonic()
-            if first_open is None:
-                first_open = now
-            elif now - first_open > timeout_s:
-                return None
+            ends = await written.end_offsets(tps)
+            if stable_ends == ends:
+                return 0.0 if first_ends is None else time.monotonic() - started
+            first_ends = first_ends or ends
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(_still_open(stable_ends, ends, first_ends, timeout_s))
             await asyncio.sleep(0.5)  # the broker aborts on its own schedule
     finally:
         await stop_consumer(stable)
         await stop_consumer(written)
+
+
+def _still_open(
+    stable: Mapping[TopicPartition, int],
+    ends: Mapping[TopicPartition, int],
+    first_ends: Mapping[TopicPartition, int],
+    timeout_s: float,
+) -> str:
+    held = sorted((tp for tp in ends if stable[tp] < ends[tp]), key=lambda tp: tp[:2])
+    shown = ", ".join(
+        f"{tp.topic}/{tp.partition} readable to {stable[tp]} of {ends[tp]}" for tp in held[:5]
+    )
+    more = f" and {len(held) - 5} more" if len(held) > 5 else ""
+    if any(ends[tp] != first_ends[tp] for tp in held):
+        why = "they are still being written to (a running exactly-once stage keeps one open)"
+    else:
+        why = (
+            "nothing was written to them meanwhile: a process killed mid-transaction keeps "
+            "its own open until the broker aborts it (PIPELINE_STAGE_TRANSACTION_TIMEOUT_MS "
+            "after it began)"
+        )
+    return f"transactions still open after {timeout_s:.0f}s on {shown}{more}; {why}"
 
 
 Stages = Mapping[str, str] | Sequence[str]
@@ -193,22 +215,15 @@ async def wait_until_settled(
     deadline = time.monotonic() + timeout_s
     waited_for_transactions = 0.0
     while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"pipeline did not settle within {timeout_s:.0f}s")
         await wait_until_drained(
-            settings,
-            stages,
-            naming=naming,
-            retry_levels=retry_levels,
-            timeout_s=max(1.0, deadline - time.monotonic()),
+            settings, stages, naming=naming, retry_levels=retry_levels, timeout_s=remaining
         )
         waited = await wait_for_open_transactions(
             settings, topics, max(0.0, deadline - time.monotonic())
         )
-        if waited is None:
-            raise TimeoutError(
-                f"transactions still open on the pipeline's topics after {timeout_s:.0f}s: "
-                "a process killed mid-transaction keeps its own open until the broker "
-                "aborts it (PIPELINE_STAGE_TRANSACTION_TIMEOUT_MS after it began)"
-            )
         if not waited:
             return waited_for_transactions
         waited_for_transactions += waited
