@@ -20,8 +20,7 @@ from aiokafka import AIOKafkaProducer
 from pipeline.failures import provenance
 from pipeline.failures.holds import parked_keys
 from pipeline.failures.parked import parked_per_hold
-from pipeline.kafka.connection import client_options
-from pipeline.kafka.internals import pace_metadata_updates
+from pipeline.kafka.connection import new_producer
 from pipeline.kafka.topology import STAGE_NAMES, Naming
 from pipeline.settings import KafkaSettings
 from pipeline.verify import read_topic
@@ -175,8 +174,7 @@ async def replay(
     todo = [letter for letter in letters if letter.action is None]
     if not todo:
         return []
-    producer = AIOKafkaProducer(**client_options(settings), enable_idempotence=True)
-    pace_metadata_updates(producer)
+    producer = new_producer(settings)
     await producer.start()
     try:
         replayed_at = datetime.now(UTC).isoformat().encode()
@@ -212,8 +210,7 @@ async def discard(
     todo = [letter for letter in letters if letter.action is None]
     if not todo:
         return []
-    producer = AIOKafkaProducer(**client_options(settings), enable_idempotence=True)
-    pace_metadata_updates(producer)
+    producer = new_producer(settings)
     await producer.start()
     try:
         for letter in todo:

@@ -6,11 +6,12 @@ import asyncio
 import ssl
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
 from pipeline.errors import ConfigurationError
+from pipeline.kafka.internals import pace_metadata_updates
 from pipeline.settings import KafkaSettings
 
 
@@ -85,6 +86,18 @@ async def stop_consumer(consumer: AIOKafkaConsumer) -> None:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             raise
+
+
+def new_producer(settings: KafkaSettings, **options: Any) -> AIOKafkaProducer:
+    """An idempotent producer (retries never duplicate or reorder) to ``settings``'
+    cluster, ``options`` added, that waits out a broker outage instead of asking for
+    metadata in a loop (:func:`~pipeline.kafka.internals.pace_metadata_updates`). Every
+    producer the pipeline builds itself comes from here."""
+    producer = AIOKafkaProducer(
+        **client_options(settings), **{"enable_idempotence": True, **options}
+    )
+    pace_metadata_updates(producer)
+    return producer
 
 
 def topic_reader(settings: KafkaSettings, **options: Any) -> AIOKafkaConsumer:

@@ -6,10 +6,7 @@ import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-
-from pipeline.kafka.connection import client_options
-from pipeline.kafka.internals import pace_metadata_updates
+from pipeline.kafka.connection import new_producer
 from pipeline.kafka.topology import Naming
 from pipeline.settings import KafkaSettings
 from pipeline.workload import WorkloadRecord
@@ -24,13 +21,7 @@ async def produce_records(
     chunk: int = 2_000,
 ) -> int:
     """Send ``records`` to ``topic`` keyed as given; returns how many were acknowledged."""
-    producer = AIOKafkaProducer(
-        **client_options(settings),
-        enable_idempotence=True,
-        linger_ms=10,
-        max_batch_size=256 * 1024,
-    )
-    pace_metadata_updates(producer)
+    producer = new_producer(settings, linger_ms=10, max_batch_size=256 * 1024)
     await producer.start()
     sent = 0
     try:

@@ -23,14 +23,9 @@ from faststream.kafka.annotations import KafkaMessage
 from pipeline.errors import MissingTopics
 from pipeline.failures.provenance import Headers
 from pipeline.kafka.admin import missing_topics
-from pipeline.kafka.connection import client_options
+from pipeline.kafka.connection import new_producer
 from pipeline.kafka.group_fencing import ConsumerGroupMetadata
-from pipeline.kafka.internals import (
-    fetch_position,
-    group_metadata,
-    pace_metadata_updates,
-    skip_decoding,
-)
+from pipeline.kafka.internals import fetch_position, group_metadata, skip_decoding
 from pipeline.kafka.topology import Naming
 from pipeline.runtime.batching import BatchingSink
 from pipeline.runtime.engine import StageEngine
@@ -299,17 +294,14 @@ class StageRuntime:
         return group_metadata(consumer, self.naming.group(self.spec.name))
 
     def _new_producer(self, transactional_id: str | None = None) -> AIOKafkaProducer:
-        producer = AIOKafkaProducer(
-            **client_options(self._kafka),
+        return new_producer(
+            self._kafka,
             client_id=f"{self._kafka.client_id_prefix}-{self.spec.name}",
-            enable_idempotence=True,  # producer retries never duplicate or reorder
             linger_ms=self._settings.producer_linger_ms,
             max_batch_size=self._settings.producer_max_batch_bytes,
             transactional_id=transactional_id,
             transaction_timeout_ms=self._settings.transaction_timeout_ms,
         )
-        pace_metadata_updates(producer)  # a broker outage must not spin the stage
-        return producer
 
     @property
     def exactly_once(self) -> bool:

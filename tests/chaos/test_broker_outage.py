@@ -4,7 +4,7 @@ nor floods the log, and every record arrives once, in order, when the broker is 
 aiokafka's sender asks for a metadata update whenever it holds records for a partition
 with no known leader; with no broker to connect to, the update fails at once and, left
 alone, it asks again in a loop (a core and thousands of log lines a second). Every
-producer the pipeline builds is paced (``pace_metadata_updates``).
+producer the pipeline builds comes from ``new_producer``, paced (``pace_metadata_updates``).
 """
 
 from __future__ import annotations
@@ -15,11 +15,8 @@ import resource
 import time
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
-
 from pipeline.kafka.admin import apply_topics
-from pipeline.kafka.connection import client_options
-from pipeline.kafka.internals import pace_metadata_updates
+from pipeline.kafka.connection import new_producer
 from pipeline.kafka.local import LocalKafka
 from pipeline.kafka.topology import TopicSpec
 from pipeline.settings import Settings
@@ -47,8 +44,7 @@ async def test_a_producer_waits_out_a_broker_restart_without_spinning(
 ) -> None:
     topic = f"{settings.topics.prefix}outage"
     await apply_topics(settings.kafka, [TopicSpec(topic, 6, 1)])
-    producer = AIOKafkaProducer(**client_options(settings.kafka), enable_idempotence=True)
-    pace_metadata_updates(producer)
+    producer = new_producer(settings.kafka)  # as every producer of the pipeline is built
     await producer.start()
     counted = _Count()
     logging.getLogger("aiokafka").addHandler(counted)

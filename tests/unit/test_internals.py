@@ -17,6 +17,7 @@ from faststream.exceptions import IncorrectState
 from faststream.kafka import KafkaBroker, KafkaRouter
 from faststream.kafka.publisher.state import RealProducer
 
+from pipeline.kafka.connection import new_producer
 from pipeline.kafka.internals import (
     TRANSACTION_STATE_ERRORS,
     InternalsChanged,
@@ -31,6 +32,7 @@ from pipeline.kafka.internals import (
 )
 from pipeline.runtime.observer import NullObserver
 from pipeline.runtime.ports import StageFailed
+from pipeline.settings import KafkaSettings
 from tests.unit.test_engine_accounting import Event, engine_for, record
 
 pytestmark = pytest.mark.unit
@@ -229,3 +231,10 @@ async def test_the_faststream_brokers_producer_is_found_once_it_started() -> Non
     assert faststream_producer(broker) is producer
     with pytest.raises(InternalsChanged, match="pin faststream"):
         faststream_producer(object())
+
+
+async def test_the_pipelines_producers_are_built_idempotent_and_paced() -> None:
+    producer = new_producer(KafkaSettings(bootstrap_servers="127.0.0.1:1"), linger_ms=7)
+    assert paced(producer)
+    assert producer._txn_manager is not None  # what enable_idempotence sets up
+    assert producer._message_accumulator._linger_time == 0.007  # options passed on
