@@ -6,7 +6,9 @@ each record hands its event to :class:`MicroBatcher` and gets its outcome back. 
 batcher gathers every event started in the same loop iteration (one fetched batch, at
 most ``max_size`` per call) and calls the handler once with them. Key lanes let only
 one record per key be in progress, so a call holds at most one event per key and
-per-key order holds as it does for per-record handlers.
+per-key order holds as it does for per-record handlers. The events a call's outcomes
+start (the next of each key) go in the next call at once when the handler did not
+wait, so a fetch's rounds run in one loop iteration, as a per-record stage's lanes do.
 
 The handler returns one outcome per event, in order: what a per-record handler would
 return (a model, ``None``, ``Output``\\ s), or an exception instance for an event that
@@ -27,6 +29,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from pipeline.errors import NoOutput
+from pipeline.runtime.eager import Pending, step
 
 BatchCall = Callable[[list[Any]], Coroutine[Any, Any, Sequence[Any]]]
 """The user's batched handler, dependencies bound: events in, one outcome per event out."""
@@ -69,8 +72,29 @@ class MicroBatcher:
             task.add_done_callback(self._running.discard)
 
     async def _run(self, chunk: list[tuple[Any, Deliver, Any]]) -> None:
+        while await self._call(chunk):
+            # The call did not wait, and delivering its outcomes started the next event
+            # of each key: they go in the next call at once. So a fetch's rounds (one
+            # per event of its busiest key) run in one loop iteration, and their outputs
+            # leave in one batch per partition, not one per round. After a call that
+            # waited they are left to the next iteration, to join the events of calls
+            # that returned with it.
+            pending = self._pending
+            if not pending:
+                return
+            chunk = pending[: self._max_size]
+            del pending[: self._max_size]
+
+    async def _call(self, chunk: list[tuple[Any, Deliver, Any]]) -> bool:
+        """Call the handler with ``chunk`` and deliver its outcomes; ``True`` when it
+        returned without waiting."""
+        waited = False
         try:
-            outcomes = list(await self._call_batch([event for event, _, _ in chunk]))
+            result = step(self._call_batch([event for event, _, _ in chunk]))
+            if isinstance(result, Pending):
+                waited = True
+                result = await result.task
+            outcomes = list(result)
             if len(outcomes) != len(chunk):
                 raise NoOutput(
                     f"a batched handler returned {len(outcomes)} outcomes for {len(chunk)} "
@@ -79,9 +103,10 @@ class MicroBatcher:
         except Exception as exc:
             for _, deliver, token in chunk:
                 deliver(token, exc)
-            return
+            return not waited
         for (_, deliver, token), outcome in zip(chunk, outcomes, strict=True):
             deliver(token, outcome)
+        return not waited
 
 
 def _settle(future: asyncio.Future[Any], outcome: Any) -> None:

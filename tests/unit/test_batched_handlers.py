@@ -54,6 +54,58 @@ async def test_one_call_holds_the_heads_of_the_keys_and_later_events_follow_in_o
     assert engine.in_flight == 0
 
 
+async def test_a_handler_that_does_not_wait_runs_a_fetchs_rounds_in_one_loop_iteration() -> None:
+    # One call per event of the busiest key (a has three): all in the iteration that
+    # started them, so their outputs are appended together and leave in one batch per
+    # partition, as a per-record stage's do.
+    pipeline = Pipeline("p")
+    iteration = 0
+    calls: list[tuple[int, list[tuple[str, int]]]] = []
+
+    @pipeline.stage(source="in", sink="out")
+    async def bulk(events: list[Event]) -> list[Event]:
+        calls.append((iteration, [(e.key, e.n) for e in events]))
+        return events
+
+    async def count_iterations() -> None:
+        nonlocal iteration
+        while True:
+            await asyncio.sleep(0)
+            iteration += 1
+
+    counter = asyncio.create_task(count_iterations())
+    engine, sink = batched_engine(pipeline)
+    await engine.submit([record(0, "a"), record(1, "b"), record(2, "a"), record(3, "a")])
+    await _until(lambda: len(sink.appended) == 4)
+    counter.cancel()
+    assert [events for _, events in calls] == [[("a", 0), ("b", 1)], [("a", 2)], [("a", 3)]]
+    assert len({at for at, _ in calls}) == 1
+    assert [v for v in values(sink) if v[0] == "a"] == [("a", 0), ("a", 2), ("a", 3)]
+
+
+async def test_after_calls_that_waited_the_next_events_go_in_one_call_together() -> None:
+    # Two calls wait for the same reply and return in one loop iteration: the next
+    # events of their keys join in one call, not one call each.
+    pipeline = Pipeline("p")
+    reply = asyncio.Event()
+    calls: list[list[tuple[str, int]]] = []
+
+    @pipeline.stage(source="in", sink="out", max_batch_size=2)
+    async def bulk(events: list[Event]) -> list[Event]:
+        calls.append([(e.key, e.n) for e in events])
+        await reply.wait()
+        return events
+
+    engine, sink = batched_engine(pipeline)
+    await engine.submit(
+        [record(0, "a"), record(1, "b"), record(2, "c"), record(3, "a"), record(4, "c")]
+    )
+    await _until(lambda: len(calls) == 2)
+    reply.set()
+    await _until(lambda: len(sink.appended) == 5)
+    assert calls == [[("a", 0), ("b", 1)], [("c", 2)], [("a", 3), ("c", 4)]]
+
+
 async def test_a_failed_event_takes_the_failure_path_alone() -> None:
     pipeline = Pipeline("p")
 
