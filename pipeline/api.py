@@ -232,7 +232,7 @@ class _Bound:
     """A handler with its dependencies; a plain call returning the handler's coroutine
     once they are resolved, so the per-record path pays no extra coroutine."""
 
-    __slots__ = ("_dependencies", "_handler", "_lock", "_overrides", "_resolved")
+    __slots__ = ("_dependencies", "_handler", "_overrides", "_resolved", "_resolving")
 
     def __init__(
         self,
@@ -244,7 +244,7 @@ class _Bound:
         self._dependencies = dependencies
         self._overrides = overrides
         self._resolved: dict[str, Any] | None = None
-        self._lock: asyncio.Lock | None = None
+        self._resolving: asyncio.Future[dict[str, Any]] | None = None
 
     def __call__(self, event: Any) -> Coroutine[Any, Any, Any]:
         resolved = self._resolved
@@ -253,12 +253,22 @@ class _Bound:
         return self._handler(event, **resolved)
 
     async def _first_call(self, event: Any) -> Any:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            if self._resolved is None:
-                self._resolved = await self._resolve()
-        return await self._handler(event, **self._resolved)
+        # Every call made while the dependencies are being resolved (a whole first
+        # fetch) waits for the same resolution, and all go on in one loop iteration
+        # when it is done; a lock would let them through one per iteration, and their
+        # outputs would leave one batch at a time.
+        resolving = self._resolving
+        if resolving is None:
+            resolving = self._resolving = asyncio.ensure_future(self._resolve())
+            resolving.add_done_callback(self._settle)
+        resolved = await asyncio.shield(resolving)
+        return await self._handler(event, **resolved)
+
+    def _settle(self, resolving: asyncio.Future[dict[str, Any]]) -> None:
+        if resolving.cancelled() or resolving.exception() is not None:
+            self._resolving = None  # its waiters fail with it; the next call tries again
+        else:
+            self._resolved = resolving.result()
 
     async def _resolve(self) -> dict[str, Any]:
         async def collect(**resolved: Any) -> dict[str, Any]:

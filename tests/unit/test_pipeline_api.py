@@ -129,3 +129,64 @@ async def test_dependencies_are_resolved_once_and_can_be_overridden() -> None:
     await overridden(Reading(site="s", value=9))
     assert [r.value for r in fake.saved] == [9]
     assert len(made) == 1
+
+
+async def test_calls_made_while_dependencies_resolve_all_go_on_in_one_loop_iteration() -> None:
+    # A whole first fetch calls the handler while its dependencies resolve: all of them
+    # wait for one resolution and then run together, not one per loop iteration.
+    iteration = 0
+    ran_at: list[int] = []
+    opened: list[Store] = []
+
+    async def open_store() -> Store:
+        await asyncio.sleep(0)  # connecting
+        opened.append(Store())
+        return opened[-1]
+
+    pipeline = Pipeline("p")
+
+    @pipeline.stage(source="a", sink="b")
+    async def save(reading: Reading, store: Store = Depends(open_store)) -> Reading:
+        ran_at.append(iteration)
+        return reading
+
+    async def count_iterations() -> None:
+        nonlocal iteration
+        while True:
+            await asyncio.sleep(0)
+            iteration += 1
+
+    counter = asyncio.create_task(count_iterations())
+    call = pipeline.handler("save")
+    done = await asyncio.gather(*(call(Reading(site="s", value=n)) for n in range(50)))
+    counter.cancel()
+    assert [r.value for r in done] == list(range(50))
+    assert len(opened) == 1
+    assert len(ran_at) == 50
+    assert len(set(ran_at)) == 1
+
+
+async def test_a_failed_resolution_fails_its_waiting_calls_and_the_next_call_retries() -> None:
+    attempts = 0
+
+    async def open_store() -> Store:
+        nonlocal attempts
+        attempts += 1
+        await asyncio.sleep(0)  # connecting
+        if attempts == 1:
+            raise ConnectionError("the store is not up yet")
+        return Store()
+
+    pipeline = Pipeline("p")
+
+    @pipeline.stage(source="a", sink="b")
+    async def save(reading: Reading, store: Store = Depends(open_store)) -> Reading:
+        return reading
+
+    call = pipeline.handler("save")
+    failed = await asyncio.gather(
+        *(call(Reading(site="s", value=n)) for n in range(3)), return_exceptions=True
+    )
+    assert [type(f) for f in failed] == [ConnectionError] * 3
+    assert (await call(Reading(site="s", value=7))).value == 7
+    assert attempts == 2
