@@ -18,9 +18,9 @@ from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 
 from pipeline.failures.provenance import Headers
+from pipeline.kafka.murmur2 import murmur2
 from pipeline.runtime.core.receipts import Receipt
 from pipeline.runtime.ports import Delivered
 
