@@ -15,6 +15,7 @@ from pipeline.kafka.topology import Naming
 from pipeline.runtime.engine import StageEngine
 from pipeline.runtime.observer import NullObserver
 from pipeline.settings import StageSettings
+from tests.unit.loop_iterations import counting_iterations
 from tests.unit.test_engine_accounting import AckingSink, Event, _until, record
 
 pytestmark = pytest.mark.unit
@@ -59,25 +60,18 @@ async def test_a_handler_that_does_not_wait_runs_a_fetchs_rounds_in_one_loop_ite
     # started them, so their outputs are appended together and leave in one batch per
     # partition, as a per-record stage's do.
     pipeline = Pipeline("p")
-    iteration = 0
     calls: list[tuple[int, list[tuple[str, int]]]] = []
 
-    @pipeline.stage(source="in", sink="out")
-    async def bulk(events: list[Event]) -> list[Event]:
-        calls.append((iteration, [(e.key, e.n) for e in events]))
-        return events
+    async with counting_iterations() as iterations:
 
-    async def count_iterations() -> None:
-        nonlocal iteration
-        while True:
-            await asyncio.sleep(0)
-            iteration += 1
+        @pipeline.stage(source="in", sink="out")
+        async def bulk(events: list[Event]) -> list[Event]:
+            calls.append((iterations.count, [(e.key, e.n) for e in events]))
+            return events
 
-    counter = asyncio.create_task(count_iterations())
-    engine, sink = batched_engine(pipeline)
-    await engine.submit([record(0, "a"), record(1, "b"), record(2, "a"), record(3, "a")])
-    await _until(lambda: len(sink.appended) == 4)
-    counter.cancel()
+        engine, sink = batched_engine(pipeline)
+        await engine.submit([record(0, "a"), record(1, "b"), record(2, "a"), record(3, "a")])
+        await _until(lambda: len(sink.appended) == 4)
     assert [events for _, events in calls] == [[("a", 0), ("b", 1)], [("a", 2)], [("a", 3)]]
     assert len({at for at, _ in calls}) == 1
     assert [v for v in values(sink) if v[0] == "a"] == [("a", 0), ("a", 2), ("a", 3)]

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from pipeline import Depends, Output, Pipeline
 from pipeline.errors import ConfigurationError
 from pipeline.settings import StageSettings
+from tests.unit.loop_iterations import counting_iterations
 
 pytestmark = pytest.mark.unit
 
@@ -134,7 +135,6 @@ async def test_dependencies_are_resolved_once_and_can_be_overridden() -> None:
 async def test_calls_made_while_dependencies_resolve_all_go_on_in_one_loop_iteration() -> None:
     # A whole first fetch calls the handler while its dependencies resolve: all of them
     # wait for one resolution and then run together, not one per loop iteration.
-    iteration = 0
     ran_at: list[int] = []
     opened: list[Store] = []
 
@@ -144,22 +144,15 @@ async def test_calls_made_while_dependencies_resolve_all_go_on_in_one_loop_itera
         return opened[-1]
 
     pipeline = Pipeline("p")
+    async with counting_iterations() as iterations:
 
-    @pipeline.stage(source="a", sink="b")
-    async def save(reading: Reading, store: Store = Depends(open_store)) -> Reading:
-        ran_at.append(iteration)
-        return reading
+        @pipeline.stage(source="a", sink="b")
+        async def save(reading: Reading, store: Store = Depends(open_store)) -> Reading:
+            ran_at.append(iterations.count)
+            return reading
 
-    async def count_iterations() -> None:
-        nonlocal iteration
-        while True:
-            await asyncio.sleep(0)
-            iteration += 1
-
-    counter = asyncio.create_task(count_iterations())
-    call = pipeline.handler("save")
-    done = await asyncio.gather(*(call(Reading(site="s", value=n)) for n in range(50)))
-    counter.cancel()
+        call = pipeline.handler("save")
+        done = await asyncio.gather(*(call(Reading(site="s", value=n)) for n in range(50)))
     assert [r.value for r in done] == list(range(50))
     assert len(opened) == 1
     assert len(ran_at) == 50
