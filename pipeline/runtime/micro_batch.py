@@ -8,7 +8,8 @@ most ``max_size`` per call) and calls the handler once with them. Key lanes let 
 one record per key be in progress, so a call holds at most one event per key and
 per-key order holds as it does for per-record handlers. The events a call's outcomes
 start (the next of each key) go in the next call at once when the handler did not
-wait, so a fetch's rounds run in one loop iteration, as a per-record stage's lanes do.
+wait (Python 3.12+: an eager start tells), so a fetch's rounds run in one loop
+iteration, as a per-record stage's lanes do.
 
 The handler returns one outcome per event, in order: what a per-record handler would
 return (a model, ``None``, ``Output``\\ s), or an exception instance for an event that
@@ -29,7 +30,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from pipeline.errors import NoOutput
-from pipeline.runtime.eager import Pending, step
+from pipeline.runtime.eager import EAGER_TASKS, Pending, step
 
 BatchCall = Callable[[list[Any]], Coroutine[Any, Any, Sequence[Any]]]
 """The user's batched handler, dependencies bound: events in, one outcome per event out."""
@@ -88,12 +89,17 @@ class MicroBatcher:
     async def _call(self, chunk: list[tuple[Any, Deliver, Any]]) -> bool:
         """Call the handler with ``chunk`` and deliver its outcomes; ``True`` when it
         returned without waiting."""
-        waited = False
+        waited = True
         try:
-            result = step(self._call_batch([event for event, _, _ in chunk]))
-            if isinstance(result, Pending):
-                waited = True
-                result = await result.task
+            call = self._call_batch([event for event, _, _ in chunk])
+            if EAGER_TASKS:  # whether it waits is known only from an eager start
+                result = step(call)
+                if isinstance(result, Pending):
+                    result = await result.task
+                else:
+                    waited = False
+            else:
+                result = await call
             outcomes = list(result)
             if len(outcomes) != len(chunk):
                 raise NoOutput(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 
 class LoopIterations:
@@ -29,3 +29,5 @@ async def counting_iterations() -> AsyncIterator[LoopIterations]:
         yield iterations
     finally:
         counter.cancel()
+        with suppress(asyncio.CancelledError):
+            await counter
