@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 
 from pipeline.app import PipelineApp, create_app
+from pipeline.loop import tune_garbage_collector
 from pipeline.runtime.stage import StageSpec
 from pipeline.settings import Settings
 
@@ -49,6 +50,7 @@ async def serve(
     """
     pipeline = build(settings, stage_names, catalog)
     await pipeline.check_topics()  # before a server whose failed start-up would hide it
+    tune_garbage_collector()
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _log_state, pipeline)
     if settings.http.enabled:
         config = uvicorn.Config(

@@ -43,6 +43,7 @@ class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def _ready() -> None:
+    loop.tune_garbage_collector()  # as `pipeline run` does; every implementation alike
     print("READY", flush=True)
 
 
