@@ -43,7 +43,7 @@ class _Assigned(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def _ready() -> None:
-    loop.tune_garbage_collector()  # as `pipeline run` does; every implementation alike
+    loop.tune_garbage_collector()  # as `pipeline run` does (there before its clients start)
     print("READY", flush=True)
 
 
