@@ -153,6 +153,13 @@ async def test_offset_commits_are_routed_through_the_given_request() -> None:
         route_txn_offset_commits(Moved(), lambda *args: args, lambda code: None)  # type: ignore[arg-type]
 
 
+def answered(succeeded: bool) -> asyncio.Future[bool]:
+    """A metadata update that has already answered, as one does with no broker to ask."""
+    update: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    update.set_result(succeeded)
+    return update
+
+
 async def test_a_failed_metadata_update_is_retried_no_sooner_than_the_backoff() -> None:
     """Without a broker every update fails at once: aiokafka's sender would ask again in
     a loop. Paced, one update reaches the client per backoff, and its answer is every
@@ -163,9 +170,7 @@ async def test_a_failed_metadata_update_is_retried_no_sooner_than_the_backoff() 
     def fails_at_once() -> asyncio.Future[bool]:
         nonlocal asked
         asked += 1
-        update: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        update.set_result(False)
-        return update
+        return answered(False)
 
     producer.client.force_metadata_update = fails_at_once
     pace_metadata_updates(producer, backoff_s=0.05)
@@ -184,9 +189,7 @@ async def test_a_successful_metadata_update_is_never_delayed() -> None:
     outcomes = iter([False, True, True])
 
     def update() -> asyncio.Future[bool]:
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        done.set_result(next(outcomes))
-        return done
+        return answered(next(outcomes))
 
     producer.client.force_metadata_update = update
     pace_metadata_updates(producer, backoff_s=0.05)
@@ -207,9 +210,7 @@ async def test_callers_within_the_backoff_share_one_update() -> None:
     def update() -> asyncio.Future[bool]:
         nonlocal asked
         asked += 1
-        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        done.set_result(asked > 1)  # the first fails, the broker is back for the next
-        return done
+        return answered(asked > 1)  # the first fails, the broker is back for the next
 
     producer.client.force_metadata_update = update
     assert not paced(producer)
